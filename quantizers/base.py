@@ -1,0 +1,112 @@
+"""The Quantizer contract every method implements.
+
+A quantizer maps encoder outputs ``z_e`` of shape (B, D, H, W) or (N, D) to ``z_q`` of the
+same shape and returns a :class:`QuantizerOutput`. Subclasses implement
+:meth:`Quantizer.quantize` on flat (N, D) vectors; the base class handles layouts.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from . import functional as Fq
+
+
+@dataclass
+class QuantizerOutput:
+    """What every quantizer returns.
+
+    z_q: quantized latents, same shape as the input (what the decoder sees).
+    loss: scalar, the quantizer's own weighted loss terms (added to reconstruction).
+    terms: named unweighted terms, detached, for logging.
+    indices: long, one code per latent position ((B, H, W) or (N,)).
+    probs: q(c|x) per position ((B, H, W, C) or (N, C)) where the method defines one.
+    """
+
+    z_q: Tensor
+    loss: Tensor
+    terms: dict[str, Tensor] = field(default_factory=dict)
+    indices: Tensor | None = None
+    probs: Tensor | None = None
+
+
+def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    """Reject a bad hyperparameter at construction with one clear line."""
+    ok = value >= 0 if allow_zero else value > 0
+    if not (ok and value == value and value != float("inf")):
+        bound = "≥ 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+
+
+class Quantizer(nn.Module, abc.ABC):
+    """Abstract base: C codes of dimension D, hooks with sensible defaults."""
+
+    def __init__(self, num_codes: int, dim: int) -> None:
+        super().__init__()
+        if int(num_codes) != num_codes or num_codes < 1:
+            raise ValueError(f"num_codes must be a whole number ≥ 1, got {num_codes!r}")
+        if int(dim) != dim or dim < 1:
+            raise ValueError(f"dim must be a whole number ≥ 1, got {dim!r}")
+        self.num_codes = int(num_codes)
+        self.dim = int(dim)
+
+    # --- what a method implements -------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def codebook(self) -> Tensor:
+        """The effective (C, D) codebook the decoder's inputs are drawn from."""
+
+    @abc.abstractmethod
+    def quantize(self, z: Tensor) -> QuantizerOutput:
+        """Quantize flat vectors z of shape (N, D); indices (N,), probs (N, C)."""
+
+    # --- layout handling ------------------------------------------------------------
+    def forward(self, z_e: Tensor) -> QuantizerOutput:
+        if z_e.dim() == 2:
+            return self.quantize(z_e)
+        if z_e.dim() != 4 or z_e.shape[1] != self.dim:
+            raise ValueError(
+                f"expected (B, {self.dim}, H, W) or (N, {self.dim}) input, got {tuple(z_e.shape)}"
+            )
+        b, _, h, w = z_e.shape
+        out = self.quantize(rearrange(z_e, "b d h w -> (b h w) d"))
+        out.z_q = rearrange(out.z_q, "(b h w) d -> b d h w", b=b, h=h, w=w)
+        if out.indices is not None:
+            out.indices = out.indices.reshape(b, h, w)
+        if out.probs is not None:
+            out.probs = out.probs.reshape(b, h, w, -1)
+        return out
+
+    # --- hooks ---------------------------------------------------------------------
+    def codebook_parameter(self) -> nn.Parameter | None:
+        """The raw (C, D) parameter k-means initialisation writes to, if any."""
+        weight = getattr(self, "embedding", None)
+        return weight if isinstance(weight, nn.Parameter) else None
+
+    @torch.no_grad()
+    def init_codebook(self, samples: Tensor, generator: torch.Generator | None = None) -> None:
+        """k-means initialisation on encoder outputs (N, D) (Huh et al. 2023)."""
+        target = self.codebook_parameter()
+        if target is None:
+            return
+        centroids = Fq.kmeans(samples.to(target.dtype), self.num_codes, generator=generator)
+        target.copy_(centroids.to(target.device))
+
+    def set_progress(self, fraction: float) -> None:
+        """Training progress in [0, 1], for temperature and variance schedules."""
+
+    def param_groups(self) -> list[dict]:
+        """Optimiser parameter groups (extra keys: ``lr_scale``, ``weight_decay``)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def after_optimizer_step(self) -> None:
+        """Called after each optimiser step (alternating optimisation, replacement)."""
+
+    def reconstruction_loss(self, x: Tensor, x_hat: Tensor) -> Tensor:
+        """Mean squared error over pixels; methods with another likelihood override it."""
+        return F.mse_loss(x_hat, x)

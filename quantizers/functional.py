@@ -1,0 +1,128 @@
+"""Shared math of every quantizer: one tested copy of each formula.
+
+Equation numbers refer to the GM-VQ paper (``shared/paper/gmvq-paper.txt``); the
+choices made where the paper is silent are in ``shared/MATH.md``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def squared_distances(x: Tensor, codebook: Tensor) -> Tensor:
+    """‖x_n − μ_c‖² for x (N, L) and codebook (C, L), as (N, C), clamped at 0.
+
+    Expanded as ‖x‖² − 2 x·μ + ‖μ‖² so the N×C×L difference tensor is never built.
+    """
+    x_sq = x.pow(2).sum(-1, keepdim=True)
+    c_sq = codebook.pow(2).sum(-1)
+    return (x_sq - 2.0 * x @ codebook.t() + c_sq).clamp_min_(0.0)
+
+
+def weighted_squared_distances(x: Tensor, weights: Tensor, codebook: Tensor) -> Tensor:
+    """Σ_i w_{n,i} (x_{n,i} − μ_{c,i})² (the Mahalanobis-like term of eq. 16), as (N, C).
+
+    With per-vector weights this is Σ w x² − 2 (w⊙x)·μ + w·μ²: two matmuls, no N×C×L tensor.
+    """
+    wx = weights * x
+    d = (wx * x).sum(-1, keepdim=True) - 2.0 * wx @ codebook.t() + weights @ codebook.pow(2).t()
+    return d.clamp_min(0.0)
+
+
+def straight_through(z: Tensor, z_q: Tensor) -> Tensor:
+    """Forward value z_q, gradient of the identity to z (Bengio et al. 2013)."""
+    return z + (z_q - z).detach()
+
+
+def gumbel_noise(like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """i.i.d. Gumbel(0, 1) noise shaped like ``like`` (−log(−log U), U kept off 0 and 1)."""
+    u = torch.rand(like.shape, dtype=like.dtype, device=like.device, generator=generator)
+    tiny = torch.finfo(like.dtype).tiny
+    return -torch.log(-torch.log(u.clamp(tiny, 1.0 - 1e-7)))
+
+
+def gumbel_softmax_st(
+    log_probs: Tensor, tau: float, noise: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Straight-through Gumbel-softmax sample (Jang et al. 2017; paper §3.3.2).
+
+    Returns (c_q, indices, y): y = softmax((log π + g)/τ), indices = argmax(log π + g)
+    (τ never changes the argmax), c_q = onehot(j) + y − sg(y): exactly one-hot forward,
+    the softmax_τ Jacobian backward.
+    """
+    if noise is None:
+        noise = gumbel_noise(log_probs)
+    perturbed = log_probs + noise
+    y = torch.softmax(perturbed / tau, dim=-1)
+    indices = perturbed.argmax(dim=-1)
+    hard = F.one_hot(indices, log_probs.shape[-1]).to(y.dtype)
+    return hard + y - y.detach(), indices, y
+
+
+def aggregated_posterior(probs: Tensor) -> Tensor:
+    """q^B(c) = mean of q(c|x) over every latent vector of the batch (eq. 12), shape (C,)."""
+    return probs.reshape(-1, probs.shape[-1]).mean(0)
+
+
+def entropy(p: Tensor, dim: int = -1) -> Tensor:
+    """H(p) in nats; xlogy keeps zero probabilities finite."""
+    return -torch.special.xlogy(p, p).sum(dim)
+
+
+def kl_to_uniform(q: Tensor) -> Tensor:
+    """KL(q ‖ uniform over C) = log C − H(q) (eq. 14's entropy term), in nats."""
+    return math.log(q.shape[-1]) - entropy(q)
+
+
+def perplexity(q: Tensor) -> Tensor:
+    """exp(H_nats(q)) = 2^{H_bits(q)}, in [1, C] (paper §5.1, MATH.md choice 5)."""
+    return entropy(q).exp()
+
+
+def code_histogram(indices: Tensor, num_codes: int) -> Tensor:
+    """Counts of each chosen code, shape (C,), float."""
+    return torch.bincount(indices.reshape(-1), minlength=num_codes).to(torch.float64)
+
+
+def histogram_perplexity(counts: Tensor) -> Tensor:
+    """Perplexity of the empirical code distribution given by ``counts``."""
+    total = counts.sum()
+    if total <= 0:
+        return counts.new_tensor(1.0)
+    return perplexity(counts / total)
+
+
+def l2_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
+    """Unit-norm rows (ViT-VQGAN's l2 lookup, Yu et al. 2021)."""
+    return F.normalize(x, dim=-1, eps=eps)
+
+
+def kmeans(
+    samples: Tensor, num_codes: int, iters: int = 20, generator: torch.Generator | None = None
+) -> Tensor:
+    """Lloyd's k-means on (N, L) samples; returns (num_codes, L) centroids.
+
+    Starts from distinct random samples (with replacement only when N < C); an empty
+    cluster is re-seeded from a random sample so every centroid stays a data point's mean.
+    """
+    n = samples.shape[0]
+    if n == 0:
+        raise ValueError("k-means needs at least one sample")
+    if n >= num_codes:
+        start = torch.randperm(n, generator=generator)[:num_codes]
+    else:
+        start = torch.randint(n, (num_codes,), generator=generator)
+    centroids = samples[start.to(samples.device)].clone()
+    for _ in range(iters):
+        assign = squared_distances(samples, centroids).argmin(-1)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, samples)
+        counts = torch.bincount(assign, minlength=num_codes).to(samples.dtype)
+        empty = counts == 0
+        centroids = torch.where(empty[:, None], centroids, sums / counts.clamp_min(1)[:, None])
+        if empty.any():
+            refill = torch.randint(n, (int(empty.sum()),), generator=generator)
+            centroids[empty] = samples[refill.to(samples.device)]
+    return centroids
