@@ -68,8 +68,9 @@ def aggregated_posterior(probs: Tensor) -> Tensor:
 
 
 def entropy(p: Tensor, dim: int = -1) -> Tensor:
-    """H(p) in nats; xlogy keeps zero probabilities finite."""
-    return -torch.special.xlogy(p, p).sum(dim)
+    """H(p) in nats. Zero probabilities count 0 with a finite gradient: log is taken of
+    p clamped at the dtype's tiny (xlogy's gradient is −inf at 0, which turns into NaN)."""
+    return -(p * torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))).sum(dim)
 
 
 def kl_to_uniform(q: Tensor) -> Tensor:

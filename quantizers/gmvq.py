@@ -7,6 +7,13 @@ silent follow ``shared/MATH.md`` and are constructor options:
 - eq. 15: ŵ = softplus(r̂). The raw weights r̂ come from a linear head on ẑ that this
   module owns (``weight_head=True``), so any encoder works unchanged; it is a 1×1
   convolution on the encoder's output, i.e. part of E_φ. ``weight_head=False``: ŵ = 1.
+- Scale of ŵ: the encoder's output scale is arbitrary (≈ 0.01 per dimension at
+  initialisation), so ŵ = 1 gives a uniform π and training collapses to the degenerate
+  optimum of KL(q^B‖U) where every π is uniform. ŵ = s · softplus(r̂) with a fixed
+  (buffer) scale s set once from data (``precision_init="auto"``: s = 1/(mean nearest-code
+  squared distance per dimension), at k-means initialisation or the first training batch);
+  a float fixes s instead. The head starts at softplus(r̂) = 1. This is a constant
+  reparameterisation of eq. 15, data-dependent like ActNorm's initialisation.
 - eq. 16/17: l_c = −½ Σ_i ŵ_i (ẑ_i − μ_{c,i})², π = softmax(l), computed by log_softmax.
 - eq. 12: q^B(c) = mean of π over every latent vector of the batch (all B·H·W).
 - eq. 18: σ_c² = ‖ẑ − μ_c‖² / (2 σ² L) with its own ``sigma2`` (not tied to β, so
@@ -43,13 +50,14 @@ class GMVQ(Quantizer):
         self,
         num_codes: int = 1024,
         dim: int = 64,
-        gamma: float = 1e-3,
+        gamma: float = 1e-2,
         beta: float = 1.0,
         sigma2: float = 0.5,
         latreg: str = "sampled",
         tau_start: float = 2.0,
         tau_end: float = 0.1,
         weight_head: bool = True,
+        precision_init: str | float = "auto",
         eps: float = 1e-8,
     ) -> None:
         super().__init__(num_codes, dim)
@@ -60,7 +68,10 @@ class GMVQ(Quantizer):
         if latreg not in LATREG_READINGS:
             raise ValueError(f"latreg must be one of {', '.join(LATREG_READINGS)}, got {latreg!r}")
         self.gamma, self.beta, self.sigma2 = float(gamma), float(beta), float(sigma2)
+        if precision_init != "auto":
+            check_positive("precision_init", precision_init)
         self.latreg, self.eps = latreg, float(eps)
+        self.precision_init = precision_init
         self.tau_start, self.tau_end = float(tau_start), float(tau_end)
         self.embedding = nn.Parameter(torch.randn(self.num_codes, self.dim) / self.dim**0.5)
         self.weight_head = nn.Linear(dim, dim) if weight_head else None
@@ -70,10 +81,25 @@ class GMVQ(Quantizer):
             nn.init.constant_(self.weight_head.bias, math.log(math.expm1(1.0)))
         # A buffer, so checkpoints carry the current temperature.
         self.register_buffer("tau", torch.tensor(self.tau_start))
+        scale = 1.0 if precision_init == "auto" else float(precision_init)
+        self.register_buffer("precision_scale", torch.tensor(scale))
+        self.register_buffer("calibrated", torch.tensor(precision_init != "auto"))
 
     @property
     def codebook(self) -> Tensor:
         return self.embedding
+
+    @torch.no_grad()
+    def calibrate_precision(self, z: Tensor) -> None:
+        """s = L / mean_n min_c ‖ẑ_n − μ_c‖² (see the module docstring)."""
+        nearest = Fq.squared_distances(z.float(), self.codebook.float()).min(-1).values.mean()
+        self.precision_scale.fill_(float(self.dim / nearest.clamp_min(1e-12)))
+        self.calibrated.fill_(True)
+
+    def init_codebook(self, samples: Tensor, generator: torch.Generator | None = None) -> None:
+        super().init_codebook(samples, generator)
+        if self.precision_init == "auto":
+            self.calibrate_precision(samples)
 
     def set_progress(self, fraction: float) -> None:
         f = min(max(float(fraction), 0.0), 1.0)
@@ -82,8 +108,8 @@ class GMVQ(Quantizer):
     def precision_weights(self, z: Tensor) -> Tensor:
         """ŵ = softplus(r̂(ẑ)) (eq. 15), shape (N, L)."""
         if self.weight_head is None:
-            return torch.ones_like(z)
-        return F.softplus(self.weight_head(z))
+            return self.precision_scale.expand_as(z)
+        return self.precision_scale * F.softplus(self.weight_head(z))
 
     def log_posterior(self, z: Tensor) -> Tensor:
         """log π = log_softmax(l) with l from eq. 16, shape (N, C)."""
@@ -110,6 +136,8 @@ class GMVQ(Quantizer):
 
     def quantize(self, z: Tensor) -> QuantizerOutput:
         z32 = z.float()  # distances, softmax and KL in fp32 even under autocast
+        if self.training and not bool(self.calibrated):
+            self.calibrate_precision(z32.detach())
         codebook = self.codebook.float()
         log_pi = self.log_posterior(z32)
         probs = log_pi.exp()

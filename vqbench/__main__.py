@@ -1,0 +1,3 @@
+from vqbench.cli import main
+
+raise SystemExit(main())

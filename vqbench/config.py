@@ -1,0 +1,204 @@
+"""Typed run configuration: defaults ← registry entry ← user YAML ← ``key=value`` overrides.
+
+Everything is checked before anything runs: unknown keys, wrong types and out-of-range
+values are a :class:`~vqbench.errors.UserError` (one line, exit 2).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import UserError, suggest
+from .registry import registry_document, resolve_quantizer_kwargs
+
+
+@dataclass
+class DataConfig:
+    name: str = "cifar10"
+    root: str = "data"  # where torchvision datasets live (and download to)
+    download: bool = True
+    train: Optional[str] = None  # npz: a path or glob of shards
+    test: Optional[str] = None
+    limit: Optional[int] = None  # use only the first N training images
+    test_limit: Optional[int] = None
+    image_size: Optional[int] = None  # None: the dataset's own (registry.yaml)
+    test_fraction: float = 0.1  # image folders without a partition file
+
+
+@dataclass
+class ModelConfig:
+    name: Optional[str] = None  # None: the dataset's default model
+    latent_dim: int = 64  # paper §5.1
+    channels: int = 64
+    res_blocks: int = 2
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100  # paper §5.1
+    max_steps: Optional[int] = None  # stop after this many optimiser steps
+    batch_size: int = 256
+    lr: Optional[float] = None  # None: the dataset's maximum lr (1e-2 CIFAR-10, 1e-4 CelebA)
+    weight_decay: float = 1e-4  # applied to the codebook too
+    warmup_fraction: float = 0.1  # 10 of 100 epochs
+    warmup_start_factor: float = 0.2
+    kmeans_init: bool = True
+    kmeans_samples: int = 16384
+    kmeans_iters: int = 20
+    eval_batch_size: int = 256  # perplexity is per batch of this size, averaged
+    grad_clip: Optional[float] = None
+    amp: str = "auto"  # auto: bf16 autocast on CUDA, none on CPU; or bf16 / none
+    channels_last: bool = True  # on CUDA only
+    checkpoint_every: Optional[int] = None  # also every K steps (epoch ends always)
+
+
+@dataclass
+class RunConfig:
+    quantizer: Dict[str, Any] = field(default_factory=lambda: {"name": "gmvq"})
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    device: str = "auto"
+    out: str = "runs"
+    name: Optional[str] = None  # run folder name; default <quantizer>-<dataset>-<config hash>
+
+
+# Keys that say where and how a run is stored, not what it computes: left out of the hash.
+_NOT_HASHED = ("out", "name", "device")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def parse_overrides(overrides: list[str]) -> DictConfig:
+    """``key=value`` strings to a DictConfig; values are parsed as YAML (1e-3, true, null)."""
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise UserError(f"override {item!r} is not KEY=VALUE (e.g. train.epochs=3)")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as exc:
+        raise UserError(f"cannot parse overrides: {_first_line(exc)}") from exc
+
+
+def _merge(base: DictConfig, update: Any, where: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, update)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        if exc.__class__.__name__ == "ConfigKeyError" and key:
+            parent, _, leaf = str(key).rpartition(".")
+            node = OmegaConf.select(base, parent) if parent else base
+            choices = list(node.keys()) if isinstance(node, DictConfig) else []
+            raise UserError(f"unknown config key {key!r} in {where}{suggest(leaf, choices)}") from exc
+        raise UserError(f"bad value in {where}: {_first_line(exc)}") from exc
+
+
+def _check_ranges(cfg: DictConfig) -> None:
+    t = cfg.train
+    checks = [
+        (t.epochs >= 1, "train.epochs must be ≥ 1"),
+        (t.max_steps is None or t.max_steps >= 1, "train.max_steps must be ≥ 1 (or null)"),
+        (t.batch_size >= 1, "train.batch_size must be ≥ 1"),
+        (t.eval_batch_size >= 1, "train.eval_batch_size must be ≥ 1"),
+        (t.lr is None or (math.isfinite(t.lr) and t.lr > 0), "train.lr must be a finite number > 0"),
+        (math.isfinite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay must be ≥ 0"),
+        (0 <= t.warmup_fraction < 1, "train.warmup_fraction must be in [0, 1)"),
+        (0 < t.warmup_start_factor <= 1, "train.warmup_start_factor must be in (0, 1]"),
+        (t.kmeans_samples >= 1, "train.kmeans_samples must be ≥ 1"),
+        (t.grad_clip is None or t.grad_clip > 0, "train.grad_clip must be > 0 (or null)"),
+        (t.amp in ("auto", "bf16", "none"), "train.amp must be auto, bf16 or none"),
+        (t.checkpoint_every is None or t.checkpoint_every >= 1, "train.checkpoint_every must be ≥ 1"),
+        (cfg.model.latent_dim >= 1, "model.latent_dim must be ≥ 1"),
+        (cfg.model.channels >= 1, "model.channels must be ≥ 1"),
+        (cfg.model.res_blocks >= 0, "model.res_blocks must be ≥ 0"),
+        (cfg.data.limit is None or cfg.data.limit >= 1, "data.limit must be ≥ 1 (or null)"),
+        (cfg.data.test_limit is None or cfg.data.test_limit >= 1, "data.test_limit must be ≥ 1"),
+        (0 < cfg.data.test_fraction < 1, "data.test_fraction must be in (0, 1)"),
+        (cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:"),
+         "device must be auto, cpu or cuda"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+def resolve_config(
+    quantizer: str | None = None,
+    dataset: str | None = None,
+    model: str | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | DictConfig | None = None,
+) -> DictConfig:
+    """The fully resolved, validated run configuration."""
+    cfg = OmegaConf.structured(RunConfig)
+    if base is not None:
+        cfg = _merge(cfg, base, "the base configuration")
+    named = {}
+    if quantizer is not None:
+        named["quantizer"] = {"name": quantizer}
+    if dataset is not None:
+        named["data"] = {"name": dataset}
+    if model is not None:
+        named["model"] = {"name": model}
+    cfg = _merge(cfg, named, "the command line")
+    dotlist = parse_overrides(overrides or [])
+    cfg = _merge(cfg, dotlist, "the overrides")
+
+    doc = registry_document()
+    datasets, models = doc.get("datasets", {}), doc.get("models", {})
+    if cfg.data.name not in datasets:
+        raise UserError(f"unknown dataset {cfg.data.name!r}{suggest(cfg.data.name, datasets)}")
+    dataset_spec = datasets[cfg.data.name]
+    if dataset_spec.get("defaults"):
+        # The dataset's recipe sits under everything the user said (base, flags, overrides).
+        user = _merge(_merge(OmegaConf.create(base or {}), named, "the command line"), dotlist, "the overrides")
+        cfg = _merge(_merge(OmegaConf.structured(RunConfig), dataset_spec["defaults"], "registry.yaml"),
+                     user, "the configuration")
+    if cfg.model.name is None:
+        cfg.model.name = dataset_spec["model"]
+    if cfg.model.name not in models:
+        raise UserError(f"unknown model {cfg.model.name!r}{suggest(cfg.model.name, models)}")
+    if cfg.train.lr is None:
+        cfg.train.lr = float(dataset_spec["lr"])
+    if cfg.data.image_size is None:
+        cfg.data.image_size = int(dataset_spec["image_size"])
+    _check_ranges(cfg)
+
+    qsection = OmegaConf.to_container(cfg.quantizer, resolve=True)
+    qname = qsection.pop("name", None)
+    if not qname:
+        raise UserError("no quantizer given: pass --quantizer NAME (see `vqbench list`)")
+    if "dim" in qsection and qsection["dim"] != cfg.model.latent_dim:
+        raise UserError("quantizer.dim follows the model: set model.latent_dim instead")
+    qsection["dim"] = cfg.model.latent_dim
+    resolved = resolve_quantizer_kwargs(str(qname), qsection)
+    cfg.quantizer = {"name": str(qname), **resolved}
+    return cfg
+
+
+def load_config_file(path: str | Path) -> DictConfig:
+    try:
+        return OmegaConf.load(path)
+    except FileNotFoundError as exc:
+        raise UserError(f"config file {path} does not exist") from exc
+    except Exception as exc:
+        raise UserError(f"config file {path} cannot be read: {_first_line(exc)}") from exc
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """A stable id of what a run computes (where it is stored does not count)."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for key in _NOT_HASHED:
+        data.pop(key, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]

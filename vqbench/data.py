@@ -1,0 +1,163 @@
+"""Datasets as uint8 image tensors (N, 3, H, W); pixels become [0, 1] floats per batch.
+
+Holding whole splits as uint8 lets the runner keep CIFAR-10 on the GPU (150 MB) and batch
+by indexing, with no DataLoader. MSE is always reported on the [0, 1] scale.
+"""
+from __future__ import annotations
+
+import glob
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import UserError
+from .registry import registry_document
+
+TINY_CIFAR10 = Path(__file__).resolve().parent / "assets" / "cifar10-tiny.npz"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass
+class ImageData:
+    train: Tensor  # uint8 (N, 3, H, W)
+    test: Tensor
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.shape[1:])
+
+
+def _to_nchw(array: np.ndarray, where: str) -> Tensor:
+    if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8:
+        raise UserError(f"{where}: expected uint8 images shaped (N, H, W, 3), got {array.dtype} {array.shape}")
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).contiguous()
+
+
+def _read_npz(path: Path, keys: tuple[str, ...]) -> np.ndarray:
+    try:
+        with np.load(path) as archive:
+            for key in keys:
+                if key in archive:
+                    return archive[key]
+            raise UserError(f"{path} has no array named {' or '.join(keys)} (it has {', '.join(archive.files)})")
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise UserError(f"{path} is not a readable .npz file ({type(exc).__name__}: {exc})") from exc
+
+
+def _npz_split(pattern: str | None, keys: tuple[str, ...], which: str) -> Tensor:
+    if not pattern:
+        raise UserError(f"dataset npz needs data.{which}=PATH (a .npz file or a glob of shards)")
+    paths = sorted(Path(p) for p in glob.glob(str(Path(pattern).expanduser())))
+    if not paths:
+        raise UserError(f"data.{which}={pattern} matches no file")
+    parts = [_to_nchw(_read_npz(p, keys), str(p)) for p in paths]
+    if len({p.shape[1:] for p in parts}) > 1:
+        raise UserError(f"data.{which}: shards have different image shapes")
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def load_npz(cfg) -> ImageData:
+    return ImageData(_npz_split(cfg.train, ("x", "x_train"), "train"), _npz_split(cfg.test, ("x", "x_test"), "test"))
+
+
+def load_cifar10_tiny(cfg) -> ImageData:
+    train = _to_nchw(_read_npz(TINY_CIFAR10, ("x_train",)), str(TINY_CIFAR10))
+    test = _to_nchw(_read_npz(TINY_CIFAR10, ("x_test",)), str(TINY_CIFAR10))
+    return ImageData(train, test)
+
+
+def load_cifar10(cfg) -> ImageData:
+    from torchvision.datasets import CIFAR10
+
+    splits = []
+    for train in (True, False):
+        try:
+            dataset = CIFAR10(root=cfg.root, train=train, download=bool(cfg.download))
+        except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
+            raise UserError(
+                f"CIFAR-10 is not under data.root={cfg.root}: pass data.download=true (needs internet), "
+                "point data.root at the folder holding cifar-10-batches-py, or use --dataset npz / cifar10-tiny"
+            ) from exc
+        except OSError as exc:  # no network: URLError and friends
+            raise UserError(
+                f"CIFAR-10 download into {cfg.root} failed ({exc}); without internet use "
+                "--dataset npz data.train=... data.test=... or --dataset cifar10-tiny"
+            ) from exc
+        splits.append(_to_nchw(dataset.data, "CIFAR-10"))
+    return ImageData(*splits)
+
+
+def _center_crop_resize(path: Path, size: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            w, h = image.size
+            side = min(w, h)
+            left, top = (w - side) // 2, (h - side) // 2
+            image = image.crop((left, top, left + side, top + side))
+            return np.asarray(image.resize((size, size), Image.BICUBIC), dtype=np.uint8)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise UserError(f"{path} is not a readable image ({exc})") from exc
+
+
+def _celeba_files(root: Path) -> tuple[list[Path], list[Path]]:
+    """torchvision's layout (celeba/img_align_celeba + list_eval_partition.txt) or any image folder."""
+    for base in (root / "celeba", root):
+        folder, partition = base / "img_align_celeba", base / "list_eval_partition.txt"
+        if folder.is_dir() and partition.is_file():
+            train, test = [], []
+            for line in partition.read_text().split("\n"):
+                if line.strip():
+                    name, split = line.split()
+                    if (folder / name).is_file():
+                        (test if split == "2" else train if split == "0" else []).append(folder / name)
+            return train, test
+    if not root.is_dir():
+        raise UserError(f"data.root={root} is not a folder; point it at CelebA's img_align_celeba or any face images")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return files, []
+
+
+def load_celeba(cfg) -> ImageData:
+    root = Path(cfg.root).expanduser()
+    train_files, test_files = _celeba_files(root)
+    if not train_files:
+        raise UserError(f"no images (.jpg/.png) under data.root={root}")
+    if not test_files:  # a plain folder: the last test_fraction of the sorted files
+        cut = max(1, int(round(len(train_files) * (1 - cfg.test_fraction))))
+        train_files, test_files = train_files[:cut], train_files[cut:] or train_files[-1:]
+    if cfg.limit:
+        train_files = train_files[: cfg.limit]
+    if cfg.test_limit:
+        test_files = test_files[: cfg.test_limit]
+    size = int(cfg.image_size)
+
+    def stack(files: list[Path]) -> Tensor:
+        return _to_nchw(np.stack([_center_crop_resize(p, size) for p in files]), str(root))
+
+    return ImageData(stack(train_files), stack(test_files))
+
+
+LOADERS = {"cifar10": load_cifar10, "cifar10_tiny": load_cifar10_tiny, "npz": load_npz, "celeba": load_celeba}
+
+
+def load_dataset(cfg) -> ImageData:
+    """Load ``cfg`` (the ``data`` section); limits apply after loading."""
+    spec = registry_document()["datasets"][cfg.name]
+    data = LOADERS[spec["loader"]](cfg)
+    if cfg.limit:
+        data.train = data.train[: cfg.limit]
+    if cfg.test_limit:
+        data.test = data.test[: cfg.test_limit]
+    if len(data.train) == 0 or len(data.test) == 0:
+        raise UserError(f"dataset {cfg.name}: the train and test splits must both hold images")
+    if data.train.shape[1:] != data.test.shape[1:]:
+        raise UserError(f"dataset {cfg.name}: train images {tuple(data.train.shape[1:])} and test images "
+                        f"{tuple(data.test.shape[1:])} differ in shape")
+    return data

@@ -1,0 +1,228 @@
+"""One registry of quantizers, fed by three sources through one code path.
+
+Sources: ``registry.yaml`` (built-ins and the paper's Table 1 numbers), user registry
+YAML files (``--registry`` or ``VQBENCH_REGISTRY``), the ``vqbench.quantizers`` entry-point
+group, and the :func:`register_quantizer` decorator. Entry points load lazily, on the first
+lookup; one that fails to import is a warning, not a crash.
+"""
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import inspect
+import os
+import warnings
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from quantizers.base import Quantizer
+
+from .errors import UserError, suggest
+
+REGISTRY_YAML = Path(__file__).resolve().parent / "registry.yaml"
+ENTRY_POINT_GROUP = "vqbench.quantizers"
+REGISTRY_ENV = "VQBENCH_REGISTRY"
+
+
+class PluginWarning(UserWarning):
+    """A third-party quantizer could not be loaded; everything else still works."""
+
+
+@dataclass
+class QuantizerEntry:
+    name: str
+    target: str | type  # "module:Class" or the class itself
+    defaults: dict[str, Any] = field(default_factory=dict)
+    citation: str = ""
+    table1_row: str | None = None
+    paper: dict[str, dict[str, float]] = field(default_factory=dict)
+    source: str = "builtin"
+
+    def load_class(self) -> type:
+        if isinstance(self.target, type):
+            return self.target
+        module_name, _, attr = self.target.partition(":")
+        try:
+            obj = importlib.import_module(module_name)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError) as exc:
+            raise UserError(f"quantizer {self.name!r} ({self.source}) cannot load {self.target}: {exc}") from exc
+        if not (isinstance(obj, type) and issubclass(obj, Quantizer)):
+            raise UserError(f"quantizer {self.name!r}: {self.target} is not a Quantizer subclass")
+        self.target = obj
+        return obj
+
+
+_QUANTIZERS: dict[str, QuantizerEntry] = {}
+_YAML_CACHE: dict[str, Any] | None = None
+_loaded = False
+_loaded_files: set[Path] = set()
+
+
+def registry_document() -> dict[str, Any]:
+    """The parsed built-in ``registry.yaml`` (datasets, models, suites, quantizers)."""
+    global _YAML_CACHE
+    if _YAML_CACHE is None:
+        _YAML_CACHE = yaml.safe_load(REGISTRY_YAML.read_text()) or {}
+    return _YAML_CACHE
+
+
+def _add(entry: QuantizerEntry) -> None:
+    existing = _QUANTIZERS.get(entry.name)
+    if existing is not None:
+        if existing.target is entry.target or existing.target == entry.target:
+            return
+        raise UserError(
+            f"quantizer name {entry.name!r} is registered twice: by {existing.source} "
+            f"and by {entry.source}; rename one of them"
+        )
+    _QUANTIZERS[entry.name] = entry
+
+
+def _entries_from_yaml(doc: dict[str, Any], source: str) -> list[QuantizerEntry]:
+    entries = []
+    for name, spec in (doc.get("quantizers") or {}).items():
+        if not isinstance(spec, dict) or "class" not in spec:
+            raise UserError(f"{source}: quantizer {name!r} needs a 'class: module:Class' entry")
+        entries.append(QuantizerEntry(
+            name=str(name), target=str(spec["class"]), defaults=dict(spec.get("defaults") or {}),
+            citation=str(spec.get("citation", "")), table1_row=spec.get("table1_row"),
+            paper=dict(spec.get("paper") or {}), source=source,
+        ))
+    return entries
+
+
+def add_registry_file(path: str | os.PathLike) -> None:
+    """Register the ``quantizers:`` entries of a user YAML file (same shape as registry.yaml)."""
+    path = Path(path).expanduser().resolve()
+    if path in _loaded_files:
+        return
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise UserError(f"cannot read registry file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise UserError(f"registry file {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(doc, dict):
+        raise UserError(f"registry file {path} must be a mapping with a 'quantizers:' key")
+    _ensure_loaded()
+    for entry in _entries_from_yaml(doc, f"YAML file {path}"):
+        _add(entry)
+    _loaded_files.add(path)
+
+
+def _load_entry_points() -> None:
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep, "dist", None)
+        source = f"entry point {dist.name} {dist.version}" if dist else f"entry point {ep.value}"
+        try:
+            target = ep.load()
+        except Exception as exc:  # a broken plugin must not break vqbench
+            warnings.warn(f"plugin {ep.name!r} ({source}) failed to load and is skipped: "
+                          f"{type(exc).__name__}: {exc}", PluginWarning, stacklevel=2)
+            continue
+        existing = _QUANTIZERS.get(ep.name)
+        if existing is not None and existing.target is target:
+            existing.source = source  # the decorator ran on import; credit the distribution
+            continue
+        _add(QuantizerEntry(name=ep.name, target=target, citation=_first_doc_line(target), source=source))
+
+
+def _first_doc_line(obj: Any) -> str:
+    return (inspect.getdoc(obj) or "").strip().splitlines()[0] if inspect.getdoc(obj) else ""
+
+
+def _ensure_loaded() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for entry in _entries_from_yaml(registry_document(), "builtin"):
+        _add(entry)
+    _load_entry_points()
+    for path in filter(None, os.environ.get(REGISTRY_ENV, "").split(os.pathsep)):
+        add_registry_file(path)
+
+
+def register_quantizer(name: str, *, defaults: dict[str, Any] | None = None, citation: str = ""
+                       ) -> Callable[[type], type]:
+    """Class decorator: ``@register_quantizer("myvq")`` makes ``build_quantizer("myvq")`` work."""
+    def decorate(cls: type) -> type:
+        if not (isinstance(cls, type) and issubclass(cls, Quantizer)):
+            raise TypeError(f"@register_quantizer({name!r}) needs a Quantizer subclass, got {cls!r}")
+        _ensure_loaded()
+        _add(QuantizerEntry(name=name, target=cls, defaults=dict(defaults or {}),
+                            citation=citation or _first_doc_line(cls), source=f"decorator in {cls.__module__}"))
+        return cls
+    return decorate
+
+
+def list_quantizers(pattern: str = "*") -> list[str]:
+    """Registered names matching a shell-style wildcard, sorted."""
+    _ensure_loaded()
+    return sorted(n for n in _QUANTIZERS if fnmatch.fnmatchcase(n, pattern))
+
+
+def get_quantizer_entry(name: str) -> QuantizerEntry:
+    _ensure_loaded()
+    if name not in _QUANTIZERS:
+        raise UserError(f"unknown quantizer {name!r}{suggest(name, _QUANTIZERS)}")
+    return _QUANTIZERS[name]
+
+
+def constructor_defaults(cls: type) -> dict[str, Any]:
+    """Keyword parameters of ``cls.__init__`` with their defaults (``inspect.Parameter.empty`` if none)."""
+    params = inspect.signature(cls.__init__).parameters
+    return {n: p.default for n, p in params.items()
+            if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def coerce_value(qname: str, key: str, value: Any, default: Any) -> Any:
+    """Bring a config value to the type of the constructor default, or say why not."""
+    if default is inspect.Parameter.empty or default is None or value is None:
+        return value
+    kind = type(default)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(value, kind):
+        return value
+    raise UserError(f"quantizer {qname!r}: {key} must be a {kind.__name__}, got {value!r}")
+
+
+def resolve_quantizer_kwargs(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Constructor defaults ← registry defaults ← overrides, checked and typed."""
+    entry = get_quantizer_entry(name)
+    signature = constructor_defaults(entry.load_class())
+    merged = {k: v for k, v in signature.items() if v is not inspect.Parameter.empty}
+    for source in (entry.defaults, overrides or {}):
+        for key, value in source.items():
+            if key not in signature:
+                raise UserError(
+                    f"quantizer {name!r} has no option {key!r}{suggest(key, signature)}"
+                )
+            merged[key] = coerce_value(name, key, value, signature[key])
+    return merged
+
+
+def build_quantizer(name: str, **kwargs: Any) -> Quantizer:
+    """Build a registered quantizer by name; unknown names and keywords are clear errors."""
+    entry = get_quantizer_entry(name)
+    resolved = resolve_quantizer_kwargs(name, kwargs)
+    try:
+        return entry.load_class()(**resolved)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"quantizer {name!r}: {exc}") from exc
