@@ -31,7 +31,7 @@ variant so the rows of Table 1 differ only in the option under test). Options:
 Replacement and the inner step write the effective codebook through one helper that inverts
 the affine map, so ``l2``/``affine``/``alternating``/``replace`` compose freely.
 Both read the latest training batch the forward cached (with gradient accumulation: only the
-last micro-batch, our choice); Adam state of a replaced row is kept, as in vqtorch.
+last micro-batch, our choice). The task optimiser's state for a replaced row is not reset.
 """
 from __future__ import annotations
 
