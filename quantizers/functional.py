@@ -127,3 +127,10 @@ def kmeans(
             refill = torch.randint(n, (int(empty.sum()),), generator=generator)
             centroids[empty] = samples[refill.to(samples.device)]
     return centroids
+
+
+def exponential_schedule(start: float, end: float, fraction: float) -> float:
+    """start · (end/start)^f for training progress f clamped to [0, 1] (MATH.md choice 4:
+    the Gumbel temperature anneals 2.0 → 0.1 exponentially; the paper gives only endpoints)."""
+    f = min(max(float(fraction), 0.0), 1.0)
+    return start * (end / start) ** f

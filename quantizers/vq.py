@@ -1,11 +1,37 @@
-"""VQ-VAE (van den Oord et al. 2017, "Neural Discrete Representation Learning").
+"""VQ-VAE (van den Oord et al. 2017) and the Table 1 VQ-VAE variants, as options of one class.
 
 Nearest-neighbour lookup j = argmin_c ‖ẑ − μ_c‖ (GM-VQ paper eq. 1), straight-through
-estimator, and the codebook + commitment loss of GM-VQ paper eq. 2:
+estimator, and the codebook + commitment loss of GM-VQ paper eq. 2,
 
-    L = ‖sg[ẑ] − z_c‖² + commitment · ‖ẑ − sg[z_c]‖²
+    L = ‖sg[ẑ] − z_c‖² + commitment · ‖ẑ − sg[z_c]‖²,
 
-both as means over latent elements (the usual reduction; van den Oord et al. use β = 0.25).
+both as means over latent elements (van den Oord et al. use β = 0.25; we keep 0.25 for every
+variant so the rows of Table 1 differ only in the option under test). Options:
+
+- ``l2`` (Yu et al. 2021, ViT-VQGAN §3.2): ẑ and the codes are l2-normalised before the
+  lookup, so the nearest code is the max-cosine one; the decoder sees the unit-norm code.
+  (ViT-VQGAN's low-dimensional factorised lookup is not part of the Table 1 row; not done.)
+- ``replace_window`` (Zeghidour et al. 2021 §3.2; Dhariwal et al. 2020 §2.6): a code unused
+  for ``replace_window`` consecutive training steps is re-initialised, after the optimiser
+  step, to a random encoder output of the latest batch plus Gaussian noise of std
+  ``replace_noise`` × the batch's rms. Default window 20 steps (Huh et al.'s vqtorch
+  ``replace_freq=20``). The timers are a buffer, so checkpoints carry them.
+- ``affine`` (Huh et al. 2023 §5.1): effective codebook = scale ⊙ μ + shift per dimension;
+  scale and shift learn with lr × ``affine_lr`` (10, vqtorch's README) and no weight decay
+  (our choice: decay would pull the scale to 0, not to the identity).
+- ``alternating`` (Huh et al. 2023 §5.2, "OPT"): the raw codebook leaves the task optimiser
+  (it is not in :meth:`param_groups`); after each optimiser step an inner SGD step on
+  ½‖μ_c − mean_{n→c} ẑ_n‖² moves each used code towards the mean of its assigned encoder
+  outputs by the fraction ``inner_lr`` (our choice 0.1; a k-means step is 1). The
+  codebook loss then only trains the affine parameters.
+- ``sync_nu`` (Huh et al. 2023 §5.3, synchronised update): z_q = ẑ + sg(z_c − ẑ) + ν(z_c −
+  sg(z_c)), so the codebook also receives ν × the task gradient. Under ``alternating`` that
+  gradient is applied by the inner step (the codebook's own optimiser), not the task one.
+
+Replacement and the inner step write the effective codebook through one helper that inverts
+the affine map, so ``l2``/``affine``/``alternating``/``replace`` compose freely.
+Both read the latest training batch the forward cached (with gradient accumulation: only the
+last micro-batch, our choice). The task optimiser's state for a replaced row is not reset.
 """
 from __future__ import annotations
 
@@ -18,31 +44,144 @@ from .base import Quantizer, QuantizerOutput, check_positive
 
 
 class VectorQuantizer(Quantizer):
-    """Deterministic VQ with a learnable codebook (registered as ``vqvae``)."""
+    """Deterministic VQ with a learnable codebook (``vqvae`` and its Table 1 variants)."""
 
-    def __init__(self, num_codes: int = 1024, dim: int = 64, commitment: float = 0.25) -> None:
+    def __init__(
+        self,
+        num_codes: int = 1024,
+        dim: int = 64,
+        commitment: float = 0.25,
+        l2: bool = False,
+        replace_window: int | None = None,
+        replace_noise: float = 0.01,
+        affine: bool = False,
+        affine_lr: float = 10.0,
+        alternating: bool = False,
+        inner_lr: float = 0.1,
+        sync_nu: float = 0.0,
+    ) -> None:
         super().__init__(num_codes, dim)
         check_positive("commitment", commitment, allow_zero=True)
-        self.commitment = float(commitment)
+        check_positive("replace_noise", replace_noise, allow_zero=True)
+        check_positive("affine_lr", affine_lr)
+        check_positive("inner_lr", inner_lr)
+        check_positive("sync_nu", sync_nu, allow_zero=True)
+        if replace_window is not None and (int(replace_window) != replace_window or replace_window < 1):
+            raise ValueError(f"replace_window must be a whole number ≥ 1 (or None to disable), got {replace_window!r}")
+        self.commitment, self.l2 = float(commitment), bool(l2)
+        self.replace_window = None if replace_window is None else int(replace_window)
+        self.replace_noise, self.affine_lr = float(replace_noise), float(affine_lr)
+        self.alternating, self.inner_lr, self.sync_nu = bool(alternating), float(inner_lr), float(sync_nu)
         self.embedding = nn.Parameter(torch.randn(self.num_codes, self.dim) / self.dim**0.5)
+        if affine:
+            self.affine_scale = nn.Parameter(torch.ones(self.dim))
+            self.affine_shift = nn.Parameter(torch.zeros(self.dim))
+        else:
+            self.affine_scale = self.affine_shift = None
+        if self.replace_window is not None:
+            self.register_buffer("steps_unused", torch.zeros(self.num_codes, dtype=torch.long))
+        self._last_batch: tuple[Tensor, Tensor] | None = None  # (compared vectors, indices)
+
+    # --- the effective codebook -----------------------------------------------------
+    def _affine(self, raw: Tensor) -> Tensor:
+        if self.affine_scale is None:
+            return raw
+        return raw * self.affine_scale + self.affine_shift
+
+    def _compare(self, x: Tensor) -> Tensor:
+        """The space the lookup happens in: unit sphere under ``l2``."""
+        return Fq.l2_normalize(x) if self.l2 else x
 
     @property
     def codebook(self) -> Tensor:
-        return self.embedding
+        return self._compare(self._affine(self.embedding))
 
+    @torch.no_grad()
+    def _write_effective(self, rows: Tensor, values: Tensor) -> None:
+        """Set the pre-normalisation effective codes of ``rows`` to ``values`` (shared by
+        dead-code replacement and the alternating inner step)."""
+        if self.affine_scale is not None:
+            scale = self.affine_scale
+            scale = torch.where(scale.abs() < 1e-8, torch.full_like(scale, 1e-8), scale)
+            values = (values - self.affine_shift) / scale
+        self.embedding[rows] = values.to(self.embedding.dtype)
+
+    # --- forward --------------------------------------------------------------------
     def quantize(self, z: Tensor) -> QuantizerOutput:
-        codebook = self.codebook
-        # Distances in fp32 even under autocast: argmin ties flip in bf16.
-        d = Fq.squared_distances(z.float(), codebook.float())
-        indices = d.argmin(-1)
-        z_c = F.embedding(indices, codebook).to(z.dtype)
-        codebook_loss = F.mse_loss(z_c, z.detach())
-        commitment_loss = F.mse_loss(z, z_c.detach())
-        loss = codebook_loss + self.commitment * commitment_loss
+        z_cmp = self._compare(z.float())  # fp32 even under autocast: argmin ties flip in bf16
+        codebook = self.codebook.float()
+        indices = Fq.squared_distances(z_cmp, codebook).argmin(-1)
+        z_c = F.embedding(indices, codebook)
+        # Under OPT the raw codebook gets no task/codebook-loss gradient; only the affine does.
+        loss_book = self._compare(self._affine(self.embedding.detach())).float() if self.alternating else codebook
+        codebook_loss = F.mse_loss(F.embedding(indices, loss_book), z_cmp.detach())
+        commitment_loss = F.mse_loss(z_cmp, z_c.detach())
+        loss = self.commitment * commitment_loss + codebook_loss
+        z_q = Fq.straight_through(z_cmp, z_c)
+        if self.sync_nu > 0:
+            z_q = z_q + self.sync_nu * (z_c - z_c.detach())
+        if self.training and (self.alternating or self.replace_window is not None):
+            self._last_batch = (z_cmp.detach(), indices.detach())
+            if self.replace_window is not None:
+                self.steps_unused[indices.unique()] = 0
         return QuantizerOutput(
-            z_q=Fq.straight_through(z, z_c),
+            z_q=z_q.to(z.dtype),
             loss=loss,
             terms={"codebook": codebook_loss.detach(), "commitment": commitment_loss.detach()},
             indices=indices,
             probs=None,
         )
+
+    # --- hooks ----------------------------------------------------------------------
+    @torch.no_grad()
+    def init_codebook(self, samples: Tensor, generator: torch.Generator | None = None) -> None:
+        """k-means (Huh et al. 2023) in the lookup space (on the sphere under ``l2``)."""
+        points = self._compare(samples.float())
+        centroids = Fq.kmeans(points, self.num_codes, generator=generator).to(self.embedding.device)
+        self._write_effective(torch.arange(self.num_codes, device=centroids.device), centroids)
+
+    def param_groups(self) -> list[dict]:
+        groups = [] if self.alternating else [{"params": [self.embedding]}]
+        if self.affine_scale is not None:
+            groups.append({"params": [self.affine_scale, self.affine_shift],
+                           "lr_scale": self.affine_lr, "weight_decay": 0.0})
+        return groups
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        if self._last_batch is None:
+            return
+        z, indices = self._last_batch
+        if self.alternating:
+            self._inner_step(z, indices)
+        if self.replace_window is not None:
+            self._replace_dead_codes(z)
+        self._last_batch = None
+
+    @torch.no_grad()
+    def _inner_step(self, z: Tensor, indices: Tensor) -> None:
+        """One SGD step of the codebook's own objective (Huh et al. 2023 §5.2)."""
+        sums = torch.zeros(self.num_codes, self.dim, dtype=z.dtype, device=z.device).index_add_(0, indices, z)
+        counts = torch.bincount(indices, minlength=self.num_codes)
+        used = (counts > 0).nonzero().squeeze(1)
+        grad = self.embedding.grad  # only ν × the task gradient (sync) lands here under OPT
+        if used.numel():
+            eff = self._affine(self.embedding)[used].float()
+            mean = sums[used] / counts[used, None].to(z.dtype)
+            self._write_effective(used, eff + self.inner_lr * (mean - eff))
+        if grad is not None:
+            self.embedding.sub_(self.inner_lr * grad)
+            self.embedding.grad = None
+
+    @torch.no_grad()
+    def _replace_dead_codes(self, z: Tensor) -> None:
+        """Re-initialise codes unused for ``replace_window`` steps from recent outputs."""
+        self.steps_unused += 1
+        dead = (self.steps_unused >= self.replace_window).nonzero().squeeze(1)
+        if dead.numel() == 0 or z.shape[0] == 0:
+            return
+        pick = torch.randint(z.shape[0], (dead.numel(),), device=z.device)
+        noise = torch.randn(dead.numel(), self.dim, dtype=z.dtype, device=z.device)
+        rms = z.pow(2).mean().sqrt()
+        self._write_effective(dead, z[pick] + self.replace_noise * rms * noise)
+        self.steps_unused[dead] = 0
