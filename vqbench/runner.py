@@ -191,10 +191,13 @@ def _progress(total: int, desc: str):
 
 
 def fit(config: DictConfig | dict | None = None, *, data: ImageData | None = None,
-        log: Callable[[str], None] | None = None) -> RunResult:
+        log: Callable[[str], None] | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
     """Train one run; returns its summary and per-epoch history and writes its run folder.
 
     ``config`` may be a resolved DictConfig or a plain dict of overrides (resolved here).
+    ``on_epoch(record)`` sees each epoch's metrics (a sweep reports them to Optuna; raising
+    stops the run, e.g. for pruning).
     """
     resolved = isinstance(config, DictConfig) and "num_codes" in config.get("quantizer", {})
     cfg = config if resolved else resolve_config(base=config or {})
@@ -294,6 +297,8 @@ def fit(config: DictConfig | dict | None = None, *, data: ImageData | None = Non
         history.append(record)
         with open(metrics_path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
+        if on_epoch is not None:
+            on_epoch(record)
         log(f"epoch {epoch + 1}/{epochs}  step {step}  loss {record['train_loss']:.5f}  "
             f"test mse {metrics['mse']:.5f}  perplexity {metrics['perplexity']:.1f}  "
             f"codes {metrics['codes_used']}  {record['images_per_s']:.0f} img/s")
