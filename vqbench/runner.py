@@ -30,6 +30,7 @@ from .data import ImageData, load_dataset
 from .errors import UserError
 from .registry import build_quantizer, registry_document
 from .models import ConvAutoencoder
+from .runio import prepare_run_dir, save_checkpoint, write_json_atomic
 
 
 class DivergenceError(RuntimeError):
@@ -152,37 +153,6 @@ def mean_image_mse(train: Tensor, test: Tensor) -> float:
     return float((test.float().div(255) - mean).pow(2).mean())
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh, indent=2, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def prepare_run_dir(cfg: DictConfig) -> Path:
-    name = cfg.name or f"{cfg.quantizer.name}-{cfg.data.name}-{config_hash(cfg)}"
-    run_dir = Path(cfg.out).expanduser() / name
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"cannot write the run folder {run_dir}: {exc.strerror}; pass --out to a writable folder") from exc
-    return run_dir
-
-
 def _progress(total: int, desc: str):
     from tqdm.auto import tqdm
 
@@ -190,140 +160,193 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="step", disable=quiet, dynamic_ncols=True, leave=False)
 
 
+class Trainer:
+    """One run, split where engineers extend it: the hot ``train_step``, ``run_epoch``,
+    ``evaluate``, checkpoint state, and ``fit`` that strings them together."""
+
+    def __init__(self, cfg: DictConfig, data: ImageData | None = None,
+                 log: Callable[[str], None] | None = None,
+                 on_epoch: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.cfg = cfg
+        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.on_epoch = on_epoch
+        self.device = resolve_device(cfg.device)
+        seed_everything(cfg.seed)
+        self.data = data or load_dataset(cfg.data)
+        _check_shapes(cfg, self.data)
+        self.run_dir = prepare_run_dir(cfg)
+
+        self.use_cuda = self.device.type == "cuda"
+        self.channels_last = bool(cfg.train.channels_last and self.use_cuda)
+        self.model = build_model(cfg).to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        amp = cfg.train.amp if cfg.train.amp != "auto" else ("bf16" if self.use_cuda else "none")
+        self.amp_dtype = torch.bfloat16 if amp == "bf16" else None
+
+        # Whole splits on the device as uint8; batches are gathered by index.
+        self.train_images = self.data.train.to(self.device)
+        self.test_images = self.data.test.to(self.device)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.batch_size = min(cfg.train.batch_size, len(self.train_images))
+        self.steps_per_epoch = len(self.train_images) // self.batch_size
+        self.total_steps = cfg.train.epochs * self.steps_per_epoch
+        if cfg.train.max_steps:
+            self.total_steps = min(self.total_steps, cfg.train.max_steps)
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler = None
+        self.step = 0
+        self.epoch = 0
+        self.history: list[dict[str, Any]] = []
+        self.train_seconds = 0.0
+        self.images_seen = 0
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
+
+    def init_codebook(self) -> None:
+        cfg, quantizer = self.cfg, self.model.quantizer
+        samples = collect_latents(self.model, self.train_images, cfg.train.kmeans_samples, self.generator,
+                                  cfg.train.eval_batch_size, self.channels_last)
+        if len(samples) < quantizer.num_codes:
+            raise UserError(f"k-means needs at least {quantizer.num_codes} encoder outputs (one per code) "
+                            f"but the training set gives {len(samples)}; lower quantizer.num_codes, "
+                            "use more images, or set train.kmeans_init=false")
+        quantizer.init_codebook(samples, generator=self.generator)
+
+    def setup_optimization(self) -> None:
+        cfg = self.cfg
+        self.optimizer = make_optimizer(self.model, cfg, self.device)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda s: lr_factor(s, self.total_steps, cfg.train.warmup_fraction, cfg.train.warmup_start_factor))
+
+    def train_step(self, x: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """One optimiser step on a batch; returns (loss, mse, quantizer terms), not synced."""
+        model = self.model
+        model.quantizer.set_progress(self.step / max(self.total_steps - 1, 1))
+        with self.autocast():
+            x_hat, out = model(x)
+        x_hat = x_hat.float()
+        loss = model.quantizer.reconstruction_loss(x, x_hat) + out.loss
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.train.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        model.quantizer.after_optimizer_step()
+        return loss.detach(), (x_hat.detach() - x).pow(2).mean(), out.terms
+
+    def check_finite(self, loss: Tensor, terms: dict[str, Tensor]) -> None:
+        if not math.isfinite(float(loss)):
+            bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
+            raise DivergenceError(f"loss became {float(loss)} at step {self.step}"
+                                  + (f" (non-finite terms: {', '.join(bad)})" if bad else ""))
+
+    def run_epoch(self, bar) -> dict[str, Any]:
+        """Train one epoch (or until total_steps), evaluate, and return its metrics record."""
+        self.model.train()
+        order = torch.randperm(len(self.train_images), generator=self.generator).to(self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        mse_sum = torch.zeros((), device=self.device)
+        steps, terms, loss = 0, {}, loss_sum
+        t0 = time.perf_counter()
+        for b in range(self.steps_per_epoch):
+            if self.step >= self.total_steps:
+                break
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            x = to_float_images(self.train_images[idx], self.channels_last)
+            loss, mse, terms = self.train_step(x)
+            loss_sum += loss
+            mse_sum += mse
+            steps += 1
+            self.step += 1
+            if self.step % 10 == 0 or self.step == self.total_steps:
+                self.check_finite(loss, terms)  # one host sync per 10 steps, not per step
+                bar.set_postfix(epoch=self.epoch + 1, loss=f"{float(loss):.4f}")
+            bar.update(1)
+        if self.use_cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        self.check_finite(loss_sum, terms)
+        self.train_seconds += seconds
+        self.images_seen += steps * self.batch_size
+        self.epoch += 1
+        metrics = self.evaluate()
+        return {"epoch": self.epoch, "step": self.step,
+                "train_loss": float(loss_sum) / max(steps, 1), "train_mse": float(mse_sum) / max(steps, 1),
+                **metrics, "lr": self.scheduler.get_last_lr()[0],
+                "images_per_s": steps * self.batch_size / max(seconds, 1e-9),
+                **{f"q_{k}": float(v) for k, v in terms.items() if v.numel() == 1}}
+
+    def evaluate(self) -> dict[str, float]:
+        return evaluate(self.model, self.test_images, self.cfg.train.eval_batch_size,
+                        self.channels_last, self.autocast)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "step": self.step,
+                "history": self.history, "config": OmegaConf.to_container(self.cfg)}
+
+    def summary(self) -> dict[str, Any]:
+        cfg, final = self.cfg, self.history[-1]
+        return {
+            "status": "finished", "run_id": self.run_dir.name, "run_dir": str(self.run_dir),
+            "config_hash": config_hash(cfg), "quantizer": cfg.quantizer.name, "dataset": cfg.data.name,
+            "model": cfg.model.name, "seed": cfg.seed, "epochs": self.epoch, "steps": self.step,
+            "mse": final["mse"], "perplexity": final["perplexity"],
+            "code_perplexity": final["code_perplexity"], "codes_used": final["codes_used"],
+            "num_codes": cfg.quantizer.num_codes,
+            "mean_image_mse": mean_image_mse(self.data.train, self.data.test),
+            "images_per_s": self.images_seen / max(self.train_seconds, 1e-9),
+            "train_seconds": self.train_seconds,
+            "train_images": len(self.train_images), "test_images": len(self.test_images),
+            "wall_s": time.perf_counter() - self.started, "device": self.device.type,
+            "device_name": torch.cuda.get_device_name(self.device) if self.use_cuda else "cpu",
+            "torch": torch.__version__, "vqbench": __version__,
+        }
+
+    def fit(self) -> RunResult:
+        self.started = time.perf_counter()
+        OmegaConf.save(self.cfg, self.run_dir / "config.yaml")
+        if self.cfg.train.kmeans_init:
+            self.init_codebook()
+        self.setup_optimization()
+        metrics_path = self.run_dir / "metrics.jsonl"
+        metrics_path.write_text("")
+        bar = _progress(self.total_steps, self.cfg.quantizer.name)
+        while self.epoch < self.epochs:
+            record = self.run_epoch(bar)
+            self.history.append(record)
+            with open(metrics_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            if self.on_epoch is not None:
+                self.on_epoch(record)
+            self.log(f"epoch {self.epoch}/{self.epochs}  step {self.step}  loss {record['train_loss']:.5f}  "
+                     f"test mse {record['mse']:.5f}  perplexity {record['perplexity']:.1f}  "
+                     f"codes {record['codes_used']}  {record['images_per_s']:.0f} img/s")
+            save_checkpoint(self.run_dir / "checkpoint.pt", self.checkpoint_state())
+        bar.close()
+        summary = self.summary()
+        write_json_atomic(self.run_dir / "summary.json", summary)
+        return RunResult(run_dir=self.run_dir, summary=summary, history=self.history)
+
+
 def fit(config: DictConfig | dict | None = None, *, data: ImageData | None = None,
         log: Callable[[str], None] | None = None,
         on_epoch: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
     """Train one run; returns its summary and per-epoch history and writes its run folder.
 
-    ``config`` may be a resolved DictConfig or a plain dict of overrides (resolved here).
+    ``config`` may be a resolved DictConfig or a plain dict (resolved here, like the CLI).
     ``on_epoch(record)`` sees each epoch's metrics (a sweep reports them to Optuna; raising
     stops the run, e.g. for pruning).
     """
     resolved = isinstance(config, DictConfig) and "num_codes" in config.get("quantizer", {})
     cfg = config if resolved else resolve_config(base=config or {})
-    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
-    data = data or load_dataset(cfg.data)
-    _check_shapes(cfg, data)
-    run_dir = prepare_run_dir(cfg)
-    OmegaConf.save(cfg, run_dir / "config.yaml")
-
-    model = build_model(cfg).to(device)
-    use_cuda = device.type == "cuda"
-    channels_last = bool(cfg.train.channels_last and use_cuda)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    amp = cfg.train.amp if cfg.train.amp != "auto" else ("bf16" if use_cuda else "none")
-    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16")  # noqa: E731
-
-    train_images = data.train.to(device)
-    test_images = data.test.to(device)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    batch_size = min(cfg.train.batch_size, len(train_images))
-    steps_per_epoch = len(train_images) // batch_size
-    total_steps = cfg.train.epochs * steps_per_epoch
-    if cfg.train.max_steps:
-        total_steps = min(total_steps, cfg.train.max_steps)
-    epochs = math.ceil(total_steps / steps_per_epoch)
-
-    if cfg.train.kmeans_init:
-        samples = collect_latents(model, train_images, cfg.train.kmeans_samples, generator,
-                                  cfg.train.eval_batch_size, channels_last)
-        if len(samples) < model.quantizer.num_codes:
-            raise UserError(f"k-means needs at least {model.quantizer.num_codes} encoder outputs (one per code) "
-                            f"but the training set gives {len(samples)}; lower quantizer.num_codes, "
-                            "use more images, or set train.kmeans_init=false")
-        model.quantizer.init_codebook(samples, generator=generator)
-
-    optimizer = make_optimizer(model, cfg, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, cfg.train.warmup_fraction, cfg.train.warmup_start_factor))
-    baseline = mean_image_mse(data.train, data.test)
-    history: list[dict[str, Any]] = []
-    metrics_path = run_dir / "metrics.jsonl"
-    metrics_path.write_text("")
-    step, train_seconds, images_seen = 0, 0.0, 0
-    started = time.perf_counter()
-    model.train()
-    bar = _progress(total_steps, f"{cfg.quantizer.name}")
-    for epoch in range(epochs):
-        order = torch.randperm(len(train_images), generator=generator).to(device)
-        loss_sum = torch.zeros((), device=device)
-        mse_sum = torch.zeros((), device=device)
-        epoch_steps = 0
-        t0 = time.perf_counter()
-        for b in range(steps_per_epoch):
-            if step >= total_steps:
-                break
-            x = to_float_images(train_images[order[b * batch_size:(b + 1) * batch_size]], channels_last)
-            model.quantizer.set_progress(step / max(total_steps - 1, 1))
-            with autocast():
-                x_hat, out = model(x)
-            x_hat = x_hat.float()
-            loss = model.quantizer.reconstruction_loss(x, x_hat) + out.loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.train.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            model.quantizer.after_optimizer_step()
-            loss_sum += loss.detach()
-            mse_sum += (x_hat.detach() - x).pow(2).mean()
-            epoch_steps += 1
-            step += 1
-            if step % 10 == 0 or step == total_steps:
-                if not math.isfinite(float(loss)):
-                    bad = [k for k, v in out.terms.items() if not torch.isfinite(v).all()]
-                    raise DivergenceError(f"loss became {float(loss)} at step {step}"
-                                          + (f" (non-finite terms: {', '.join(bad)})" if bad else ""))
-                bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss):.4f}")
-            bar.update(1)
-        if use_cuda:
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
-        train_seconds += seconds
-        images_seen += epoch_steps * batch_size
-        if not math.isfinite(float(loss_sum)):
-            raise DivergenceError(f"loss became non-finite in epoch {epoch + 1}")
-        metrics = evaluate(model, test_images, cfg.train.eval_batch_size, channels_last, autocast)
-        record = {"epoch": epoch + 1, "step": step,
-                  "train_loss": float(loss_sum) / max(epoch_steps, 1),
-                  "train_mse": float(mse_sum) / max(epoch_steps, 1),
-                  **metrics, "lr": scheduler.get_last_lr()[0],
-                  "images_per_s": epoch_steps * batch_size / max(seconds, 1e-9),
-                  **{f"q_{k}": float(v) for k, v in out.terms.items() if v.numel() == 1}}
-        history.append(record)
-        with open(metrics_path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        if on_epoch is not None:
-            on_epoch(record)
-        log(f"epoch {epoch + 1}/{epochs}  step {step}  loss {record['train_loss']:.5f}  "
-            f"test mse {metrics['mse']:.5f}  perplexity {metrics['perplexity']:.1f}  "
-            f"codes {metrics['codes_used']}  {record['images_per_s']:.0f} img/s")
-        save_checkpoint(run_dir / "checkpoint.pt", {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": step,
-            "config": OmegaConf.to_container(cfg)})
-    bar.close()
-    final = history[-1]
-    summary = {
-        "status": "finished", "run_id": run_dir.name, "run_dir": str(run_dir),
-        "config_hash": config_hash(cfg), "quantizer": cfg.quantizer.name, "dataset": cfg.data.name,
-        "model": cfg.model.name, "seed": cfg.seed, "epochs": epochs, "steps": step,
-        "mse": final["mse"], "perplexity": final["perplexity"],
-        "code_perplexity": final["code_perplexity"], "codes_used": final["codes_used"],
-        "num_codes": cfg.quantizer.num_codes, "mean_image_mse": baseline,
-        "images_per_s": images_seen / max(train_seconds, 1e-9),
-        "train_images": len(train_images), "test_images": len(test_images),
-        "wall_s": time.perf_counter() - started, "device": device.type,
-        "device_name": torch.cuda.get_device_name(device) if use_cuda else "cpu",
-        "torch": torch.__version__, "vqbench": __version__,
-    }
-    write_json_atomic(run_dir / "summary.json", summary)
-    return RunResult(run_dir=run_dir, summary=summary, history=history)
-
+    return Trainer(cfg, data=data, log=log, on_epoch=on_epoch).fit()
 
 def _check_shapes(cfg: DictConfig, data: ImageData) -> None:
     _, h, w = data.image_shape
