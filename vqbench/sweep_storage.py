@@ -60,6 +60,18 @@ def journal_path(url: str) -> Path:
     return Path(url.split(":", 1)[1] if url.startswith(("journal:", "file:")) else url).expanduser()
 
 
+def with_driver(url: str) -> str:
+    """``postgresql://`` with a driver that is installed: SQLAlchemy 2.1 defaults to psycopg 3,
+    vqbench's extra installs psycopg2; an explicit ``postgresql+DRIVER://`` is kept."""
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+
+
 def make_storage(url: str) -> BaseStorage:
     """A storage from an RDB URL or a journal file path (``journal:PATH`` also works)."""
     if "://" in url and not is_rdb(url):
@@ -72,7 +84,7 @@ def make_storage(url: str) -> BaseStorage:
                 kwargs["connect_args"] = {"connect_timeout": 10}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                return RDBStorage(with_driver(url), engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                                   heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
                                       max_retry=MAX_RETRY))
         path = journal_path(url)
