@@ -152,6 +152,9 @@ def worker_seed(spec: SweepSpec, worker_index: int) -> int:
 
 
 def _worker_main(**job: Any) -> None:
+    from .cli import _one_line_warning
+
+    warnings.formatwarning = _one_line_warning  # as in the parent process (cli.main)
     try:
         code = run_worker(**job)
     except UserError as exc:

@@ -59,12 +59,18 @@ def trials_dataframe(study: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def load_existing_study(storage: str, study_name: str) -> optuna.Study:
+def load_existing_study(storage: str, study_name: str, sweep_name: str | None = None) -> optuna.Study:
+    """The study; with ``sweep_name``, a missing default name falls back to that sweep's only study."""
     if not is_rdb(storage) and not journal_path(storage).is_file():
         raise UserError(f"no sweep storage at {journal_path(storage)}; run the sweep first, or pass "
                         "--out / --storage where it ran")
     backend = make_storage(storage)
     names = optuna.get_all_study_names(backend)
+    if study_name not in names and sweep_name:
+        # e.g. `sweep gamma-beta --report` after a run with --dataset cifar10-tiny
+        mine = [s.study_name for s in optuna.get_all_study_summaries(backend)
+                if s.user_attrs.get("sweep") == sweep_name]
+        study_name = mine[0] if len(mine) == 1 else study_name
     if study_name not in names:
         from .errors import suggest
 
@@ -76,8 +82,11 @@ def report(spec_or_study: Any, *, storage: str | None = None, study_name: str | 
            out: str | Path = DEFAULT_OUT, log: Callable[[str], None] | None = None) -> SweepReport:
     """Print the best trial / Pareto front; write trials.parquet, trials.csv and PNGs under OUT/reports/STUDY."""
     log = log or print
-    name = study_name or (spec_or_study if isinstance(spec_or_study, str) else default_study_name(spec_or_study))
-    study = load_existing_study(storage or default_storage(out), name)
+    spec = None if isinstance(spec_or_study, str) else spec_or_study
+    name = study_name or (spec_or_study if spec is None else default_study_name(spec))
+    study = load_existing_study(storage or default_storage(out), name,
+                                sweep_name=spec.name if spec is not None and not study_name else None)
+    name = study.study_name
     frame = trials_dataframe(study)
     names = objective_names(study)
     directions = [d.name.lower() for d in study.directions]
@@ -146,7 +155,7 @@ def plot_history(frame: pd.DataFrame, names: list[str], directions: list[str], p
 
 def plot_params(frame: pd.DataFrame, study: optuna.Study, params: list[str], metric: str, path: Path, title: str) -> Path:
     """The objective against each searched parameter (log axis where the space is log)."""
-    fig = _figure(4.2 * len(params), 3.4)
+    fig = _figure(max(6.0, 4.2 * len(params)), 3.8)
     done = frame[frame.state == "complete"]
     dists = {k: d for t in study.get_trials(deepcopy=False) for k, d in t.distributions.items()}
     for i, key in enumerate(params):
@@ -157,7 +166,7 @@ def plot_params(frame: pd.DataFrame, study: optuna.Study, params: list[str], met
         ax.set_xlabel(key)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{title}: {metric} per parameter (colour: trial number)")
+    fig.suptitle(f"{title}: {metric} per parameter\n(colour: trial number, later = yellow)", fontsize=10)
     fig.savefig(path)
     return path
 
@@ -178,7 +187,10 @@ def plot_pareto(frame: pd.DataFrame, names: list[str], directions: list[str], pa
                         label="trials", zorder=2)
         fig.colorbar(sc, ax=ax, label=params[0] if params else "trial")
         front = done[done.on_front].sort_values(x)
-        ax.plot(front[x], front[y], "-o", color="tab:red", mfc="none", ms=10, lw=1.5, label="Pareto front", zorder=3)
+        # The front as the boundary of what it dominates: a staircase, not a line (nothing in between is attained).
+        ax.step(front[x], front[y], where="post" if directions[0] == "minimize" else "pre", color="tab:red",
+                lw=1.2, zorder=3)
+        ax.plot(front[x], front[y], "o", color="tab:red", mfc="none", ms=10, label="Pareto front", zorder=3)
         for _, r in front.iterrows():
             ax.annotate(str(int(r.trial)), (r[x], r[y]), textcoords="offset points", xytext=(5, 5), fontsize=7)
     ax.set_xlabel(f"{x} ({'lower' if directions[0] == 'minimize' else 'higher'} is better)")
