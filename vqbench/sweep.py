@@ -29,6 +29,9 @@ from .sweep_spec import Param, SweepSpec, available_sweeps, load_sweep  # noqa: 
 from .sweep_storage import (DEFAULT_OUT, FAILURE, StudyLock, budget, default_storage, default_study_name,
                             make_storage, recover_lost_trials, redact, worker_identity)
 
+__all__ = ["SweepResult", "SweepSpec", "available_sweeps", "load_sweep", "open_study", "report", "run_worker",
+           "sweep", "trials_dataframe"]
+
 
 @dataclass
 class SweepResult:
