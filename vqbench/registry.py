@@ -152,10 +152,15 @@ def add_registry_file(path: str | os.PathLike) -> None:
     _loaded_files.add(path)
 
 
+def _entry_points() -> list[metadata.EntryPoint]:
+    """The installed ``vqbench.quantizers`` entry points (a seam tests replace)."""
+    return list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
 def _load_entry_points() -> None:
     """Import every ``vqbench.quantizers`` entry point; one warning per broken distribution."""
     broken: dict[str, list[str]] = {}
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for ep in _entry_points():
         dist = getattr(ep, "dist", None)
         origin = {"kind": "entry point", "entry_point": f"{ep.name} = {ep.value}"}
         if dist is not None:

@@ -314,7 +314,7 @@ def fit(config: DictConfig | dict | None = None, *, data: ImageData | None = Non
         "model": cfg.model.name, "seed": cfg.seed, "epochs": epochs, "steps": step,
         "mse": final["mse"], "perplexity": final["perplexity"],
         "code_perplexity": final["code_perplexity"], "codes_used": final["codes_used"],
-        "num_codes": cfg.quantizer.num_codes, "mean_image_mse": baseline,
+        "num_codes": model.quantizer.num_codes, "mean_image_mse": baseline,  # FSQ rounds C
         "images_per_s": images_seen / max(train_seconds, 1e-9),
         "train_images": len(train_images), "test_images": len(test_images),
         "wall_s": time.perf_counter() - started, "device": device.type,
