@@ -129,6 +129,13 @@ def check_quantizer(cls_or_name: type | str, *, num_codes: int = 16, dim: int = 
     flat = q(flat_z)
     assert flat.z_q.shape == (18, dim) and flat.indices.shape == (18,), f"{label}: (N, D) input gives (N, D), (N,)"
 
+    # The task (reconstruction) gradient must reach the encoder through z_q itself, not only
+    # through the quantizer's own loss (a detached z_q would leave the encoder untrained).
+    through_zq = None
+    if out.z_q.requires_grad:
+        (through_zq,) = torch.autograd.grad(out.z_q.pow(2).sum(), x, retain_graph=True, allow_unused=True)
+    assert through_zq is not None and through_zq.abs().sum() > 0, \
+        f"{label}: no gradient reaches the encoder through z_q (straight-through or equivalent)"
     for p in q.parameters():
         p.grad = None
     (out.z_q.pow(2).sum() + out.loss).backward()
