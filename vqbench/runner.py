@@ -301,7 +301,7 @@ class Trainer:
             "model": cfg.model.name, "seed": cfg.seed, "epochs": self.epoch, "steps": self.step,
             "mse": final["mse"], "perplexity": final["perplexity"],
             "code_perplexity": final["code_perplexity"], "codes_used": final["codes_used"],
-            "num_codes": cfg.quantizer.num_codes,
+            "num_codes": self.model.quantizer.num_codes,
             "mean_image_mse": mean_image_mse(self.data.train, self.data.test),
             "images_per_s": self.images_seen / max(self.train_seconds, 1e-9),
             "train_seconds": self.train_seconds,
