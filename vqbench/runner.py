@@ -173,6 +173,10 @@ class Trainer:
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.on_epoch = on_epoch
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cpu":
+            # Some CPU kernels (index_add_/index_put_ accumulation) split work across
+            # threads in a run-dependent order; the deterministic ones make a seed a result.
+            torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(cfg.seed)
         self.data = data or load_dataset(cfg.data)
         _check_shapes(cfg, self.data)
