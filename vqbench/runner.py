@@ -236,7 +236,7 @@ class Trainer:
         if n_images * per_image < num_codes:
             raise UserError(
                 f"k-means needs at least {num_codes} encoder outputs (one per code) but gets {n_images * per_image} "
-                f"({n_images} training images x {per_image} latents, train.kmeans_samples="
+                f"({n_images} training image{'s' * (n_images != 1)} x {per_image} latents, train.kmeans_samples="
                 f"{self.cfg.train.kmeans_samples}); lower quantizer.num_codes, raise train.kmeans_samples, "
                 "use more images, or set train.kmeans_init=false")
 
