@@ -59,35 +59,42 @@ def _history(run_dir: Path) -> list[dict]:
             for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(tmp_path):
-    rng = random.Random()  # a fresh kill point every run; printed for reproduction
+def _kill_after(out: Path, step: int, delay: float) -> tuple[int, str]:
+    """Start the run, SIGKILL it ``delay`` s after its checkpoint reaches ``step``."""
+    victim, seen = _popen(out), {}
+    while _checkpoint_step(out, seen) < step and victim.poll() is None:
+        time.sleep(0.005)
+    time.sleep(delay)
+    victim.send_signal(signal.SIGKILL)
+    _, stderr = victim.communicate()
+    return victim.returncode, stderr
+
+
+def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
+    """Two real kills: the first just after a mid-epoch checkpoint (so the permutation and
+    batch position must be restored), the second at any moment of the resumed run."""
+    rng = random.Random()  # fresh kill points every run; printed for reproduction
     reference = _popen(tmp_path / "ref")  # runs beside the killed one: 2 cores, half the wall time
-    for attempt in range(3):
-        out = tmp_path / f"killed{attempt}"
-        kill_after = rng.randint(1, TOTAL_STEPS - 1)
-        delay = rng.uniform(0.0, 0.05)  # lands anywhere in the step: forward, save, evaluation
-        print(f"kill after checkpoint step {kill_after} + {delay * 1e3:.0f} ms")
-        victim, seen = _popen(out), {}
-        while _checkpoint_step(out, seen) < kill_after and victim.poll() is None:
-            time.sleep(0.005)
-        time.sleep(delay)
-        victim.send_signal(signal.SIGKILL)
-        victim.communicate()
-        if victim.returncode == -signal.SIGKILL:
-            break
-    assert victim.returncode == -signal.SIGKILL, "the run always finished before the kill"
+    out = tmp_path / "killed"
+    first = rng.choice([1, 4])  # steps 1..2 and 4..5 sit inside an epoch (3 steps each)
+    rc, _ = _kill_after(out, first, 0.0)
+    assert rc == -signal.SIGKILL, "the run finished before the first kill"
     (run_dir,) = out.iterdir()
-    assert not (run_dir / "summary.json").exists()
+    second, delay = rng.randint(first + 2, TOTAL_STEPS - 1), rng.uniform(0.0, 0.05)
+    print(f"kills after checkpoint steps {first} and {second} + {delay * 1e3:.0f} ms")
+    rc, log = _kill_after(out, second, delay)
+    resumed_at = int(log.split("resuming ")[1].split("from step ")[1].split("/")[0])
+    assert resumed_at in (first, first + 1) and ", batch " in log, log  # a mid-epoch resume
+    killed_twice = rc == -signal.SIGKILL  # else the resumed run outran the kill and finished
+    assert killed_twice == (not (run_dir / "summary.json").exists())
 
     resumed, log = _finished(_popen(out))
-    assert "resuming" in log, log
-    resumed_step = int(log.split("from step ")[1].split("/")[0])
-    assert 1 <= resumed_step < TOTAL_STEPS
+    assert ("resuming" in log) == killed_twice, log
     expected, _ = _finished(reference)
 
     same = {k: v for k, v in expected.items() if k not in TIMING}
     assert {k: v for k, v in resumed.items() if k not in TIMING} == same  # exact floats, not approx
-    assert resumed["resumed_from"] == [resumed_step]
+    assert resumed["resumed_from"][0] == resumed_at and len(resumed["resumed_from"]) == 1 + killed_twice
     assert _history(run_dir) == _history(Path(expected["run_dir"]))
     mine = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     theirs = torch.load(Path(expected["run_dir"]) / "checkpoint.pt", weights_only=True)
