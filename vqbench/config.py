@@ -71,8 +71,10 @@ class RunConfig:
     name: Optional[str] = None  # run folder name; default <quantizer>-<dataset>-<config hash>
 
 
-# Keys that say where and how a run is stored, not what it computes: left out of the hash.
+# Keys that say where and how a run is stored, not what it computes: left out of the hash
+# (so a resumed run may change them and still find its run folder).
 _NOT_HASHED = ("out", "name", "device")
+_NOT_HASHED_TRAIN = ("checkpoint_every",)
 
 
 def _first_line(exc: Exception) -> str:
@@ -216,4 +218,6 @@ def config_hash(cfg: DictConfig) -> str:
     data = OmegaConf.to_container(cfg, resolve=True)
     for key in _NOT_HASHED:
         data.pop(key, None)
+    for key in _NOT_HASHED_TRAIN:
+        data.get("train", {}).pop(key, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -35,6 +35,8 @@ def handle(args) -> int:
     try:
         result = fit(cfg, resume=args.resume)
     except DivergenceError as exc:
+        if args.debug:
+            raise
         print(f"vqbench: run failed: {exc}", file=sys.stderr)
         return 1
     s = result.summary
