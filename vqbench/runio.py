@@ -136,7 +136,10 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / METRICS
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} cannot be read ({type(exc).__name__}); delete the run folder to train again") from exc
 
 
 # --- random number generator states ----------------------------------------------------
