@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import REPO_ROOT
@@ -104,6 +105,15 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
     assert torch.equal(mine["rng"]["torch"], theirs["rng"]["torch"])
 
 
+@pytest.fixture
+def one_thread():
+    """In-process runs on one thread: on 2 shared cores a second one mostly spins."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _main(capsys, *args: str) -> tuple[int, str, str]:
     """The CLI in-process (saves a subprocess's imports; the code path is the same)."""
     rc = main(["run", *TINY, *args])
@@ -111,7 +121,7 @@ def _main(capsys, *args: str) -> tuple[int, str, str]:
     return rc, captured.out, captured.err
 
 
-def test_finished_run_is_not_retrained_and_foreign_checkpoint_is_one_line(tmp_path, capsys):
+def test_finished_run_is_not_retrained_and_foreign_checkpoint_is_one_line(tmp_path, capsys, one_thread):
     out = ["--out", str(tmp_path), "train.epochs=1"]
     rc, stdout, _ = _main(capsys, *out, "--json")
     assert rc == 0
@@ -135,7 +145,7 @@ def test_finished_run_is_not_retrained_and_foreign_checkpoint_is_one_line(tmp_pa
     assert rc == 2 and "holds a run of another configuration" in stderr
 
 
-def test_divergence_stops_at_the_step_keeps_last_good_checkpoint_and_marks_failed(tmp_path, capsys):
+def test_divergence_stops_at_the_step_keeps_last_good_checkpoint_and_marks_failed(tmp_path, capsys, one_thread):
     # lr = 1e6 makes GM-VQ's loss NaN at step 2 on this data (measured); step 1 is checkpointed.
     rc, _, stderr = _main(capsys, "train.lr=1e6", "--out", str(tmp_path))
     assert rc == 1
