@@ -14,6 +14,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="default: auto (CUDA when present)")
     p.add_argument("--config", default=None, help="a YAML run configuration to start from")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line last")
+    p.add_argument("--resume", action="store_true",
+                   help="continue this command's run folder from its last checkpoint, and fail if there is "
+                        "none (re-running a command resumes anyway; a finished run is not retrained)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.epochs=3 quantizer.gamma=0.5")
     p.set_defaults(func=handle)
 
@@ -30,8 +33,10 @@ def handle(args) -> int:
     base = load_config_file(args.config) if args.config else None
     cfg = resolve_config(args.quantizer, args.dataset, args.model, overrides, base=base)
     try:
-        result = fit(cfg)
+        result = fit(cfg, resume=args.resume)
     except DivergenceError as exc:
+        if args.debug:
+            raise
         print(f"vqbench: run failed: {exc}", file=sys.stderr)
         return 1
     s = result.summary
