@@ -13,7 +13,7 @@ from vqbench.data import load_dataset
 from vqbench.registry import get_quantizer_entry
 from vqbench.runner import lr_factor
 
-from .conftest import fast_overrides, run_cli, shared_data_or_skip
+from conftest import fast_overrides, run_cli, shared_data_or_skip
 
 TABLE1 = ["vqvae", "vqvae-l2", "vqvae-replace", "vqvae-l2-replace", "vqvae-affine", "vqvae-opt",
           "vqvae-affine-opt", "sqvae", "gumbel-vqvae", "gmvq", "gmvq-entropy"]
@@ -96,7 +96,7 @@ def test_config_layers_defaults_registry_and_overrides():
 
 @pytest.mark.parametrize("override, message", [
     ("train.epoch=3", "unknown config key 'train.epoch'.*did you mean 'epochs'"),
-    ("train.epochs=three", "bad value"),
+    ("train.epochs=three", "train.epochs must be a whole number, got .three."),
     ("train.batch_size=0", "train.batch_size must be ≥ 1"),
     ("quantizer.gamma=-1", "gamma must be a finite number ≥ 0"),
     ("quantizer.tau_start=0", "tau_start must be a finite number > 0"),
