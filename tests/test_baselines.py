@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from vqbench.testing import runner_optimizer, runner_step
+
 REGISTRY = Path(__file__).resolve().parents[1] / "registry.yaml"
 ENTRIES = yaml.safe_load(REGISTRY.read_text())["quantizers"]
 
@@ -39,27 +41,6 @@ def build(name: str, **overrides):
     module, cls = entry["class"].split(":")
     kwargs = {**entry.get("defaults", {}), **overrides}
     return getattr(importlib.import_module(module), cls)(**kwargs)
-
-
-def runner_optimizer(q, extra=(), lr=1e-2):
-    """AdamW as the runner builds it: base lr × lr_scale, per-group weight_decay."""
-    groups = [{"params": list(extra)}] if extra else []
-    for g in q.param_groups():
-        g = dict(g)
-        g["lr"] = lr * g.pop("lr_scale", 1.0)
-        groups.append(g)
-    return torch.optim.AdamW(groups, lr=lr)
-
-
-def runner_step(q, z, opt, step=0, total=10):
-    q.set_progress(step / total)
-    out = q(z)
-    loss = out.z_q.float().pow(2).mean() + out.loss  # a stand-in task loss
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    q.after_optimizer_step()
-    return out
 
 
 # --- the registry -------------------------------------------------------------------
