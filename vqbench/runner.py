@@ -322,6 +322,10 @@ def fit(config: DictConfig | dict | None = None, *, data: ImageData | None = Non
         "torch": torch.__version__, "vqbench": __version__,
     }
     write_json_atomic(run_dir / "summary.json", summary)
+    if cfg.get("results"):  # one tidy row per finished run (vqbench table / results)
+        from .results import append_row
+
+        append_row(cfg.results, cfg, summary)
     return RunResult(run_dir=run_dir, summary=summary, history=history)
 
 
