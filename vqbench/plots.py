@@ -78,7 +78,8 @@ def plot_curves(runs: list[RunRecord], path: Path) -> Path:
         ax.set_ylabel(title)
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        if key != "perplexity":
+        values = [r[key] for run in runs for r in run.history]
+        if key != "perplexity" and min(values) > 0:  # SQ-VAE's loss can be negative
             ax.set_yscale("log")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=8)
@@ -144,7 +145,8 @@ def plot_pareto(runs: list[RunRecord], path: Path) -> Path:
         idx = [i for i, n in enumerate(names) if n == name]
         ax.scatter(mse[idx], ppl[idx], s=40, color=cmap(k % 20), label=name, zorder=3)
     front = pareto_front(mse, ppl)
-    ax.plot(mse[front], ppl[front], "k--", lw=1.2, label="Pareto front", zorder=2)
+    ax.plot(mse[front], ppl[front], "k--", lw=1.2, marker="o", mfc="none", ms=11, label="Pareto front",
+            zorder=2)  # open rings: a one-point front still shows
     ax.set_xlabel("test MSE (lower is better)")
     ax.set_ylabel("test perplexity (higher is better)")
     ax.set_title(f"MSE vs perplexity ({len(runs)} runs)")
