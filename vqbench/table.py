@@ -138,12 +138,19 @@ def to_markdown(table: Table1) -> str:
     rule = "|" + "|".join("---" if c == "method" else "---:" for c in frame.columns) + "|"
     body = []
     for _, row in frame.iterrows():
-        cells = ["" if v is None or (isinstance(v, float) and pd.isna(v)) else
-                 (f"{v:+g}" if "diff" in c else f"{v:g}") if isinstance(v, (int, float)) else str(v)
-                 for c, v in row.items()]
+        cells = [_format(c, v) for c, v in row.items()]
         body.append("| " + " | ".join(cells) + " |")
     notes = "\n".join(f"> {line}" for line in table.title().splitlines())
     return "\n".join([notes, "", header, rule, *body])
+
+
+def _format(column: str, value: object) -> str:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return ""
+    if not isinstance(value, (int, float)):
+        return str(value)
+    digits = 2 if "MSE" in column else 1  # the paper's precision
+    return f"{value:+.{digits}f}" if "diff" in column else f"{value:.{digits}f}"
 
 
 def to_csv(table: Table1) -> str:
