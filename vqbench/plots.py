@@ -64,17 +64,34 @@ def find_runs(root: str | Path) -> list[RunRecord]:
     return runs
 
 
+def run_labels(runs: list[RunRecord]) -> list[str]:
+    """Quantizer names, with the hyperparameters (and seed) that tell same-named runs apart."""
+    def settings(run: RunRecord) -> dict[str, Any]:
+        return {**run.config.get("quantizer", {}), "seed": run.config.get("seed")}
+
+    labels = []
+    for run in runs:
+        name = run.summary.get("quantizer", run.label)
+        twins = [settings(r) for r in runs if r.summary.get("quantizer", r.label) == name]
+        mine = settings(run)
+        varying = [k for k in mine if k != "name" and len({json.dumps(t.get(k), default=str) for t in twins}) > 1]
+        labels.append(name + "".join(f" {k}={mine[k]:g}" if isinstance(mine[k], float) else f" {k}={mine[k]}"
+                                     for k in varying))
+    return labels
+
+
 def plot_curves(runs: list[RunRecord], path: Path) -> Path:
     """Train loss, test MSE and test perplexity per epoch, one line per run."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
     panels = [("train_loss", "train loss"), ("mse", "test MSE"), ("perplexity", "test perplexity")]
-    for run in runs:
+    for run, label in zip(runs, run_labels(runs)):
         epochs = [r["epoch"] for r in run.history]
         for ax, (key, _) in zip(axes, panels):
             ax.plot(epochs, [r[key] for r in run.history], marker="o" if len(epochs) < 15 else None,
-                    ms=3, label=run.label)
+                    ms=3, label=label)
     for ax, (key, title) in zip(axes, panels):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_ylabel(title)
         ax.set_title(title)
         ax.grid(alpha=0.3)
@@ -140,7 +157,7 @@ def plot_pareto(runs: list[RunRecord], path: Path) -> Path:
     ppl = np.array([r.summary["perplexity"] for r in runs])
     names = [r.summary.get("quantizer", "?") for r in runs]
     fig, ax = plt.subplots(figsize=(8, 5.5), constrained_layout=True)
-    cmap = plt.get_cmap("tab20")
+    cmap = plt.get_cmap("tab10" if len(set(names)) <= 10 else "tab20")  # tab20's pairs look alike
     for k, name in enumerate(sorted(set(names))):
         idx = [i for i, n in enumerate(names) if n == name]
         ax.scatter(mse[idx], ppl[idx], s=40, color=cmap(k % 20), label=name, zorder=3)
