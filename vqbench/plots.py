@@ -64,6 +64,15 @@ def find_runs(root: str | Path) -> list[RunRecord]:
     return runs
 
 
+MARKERS = "osD^vPX<>*"
+
+
+def style(k: int) -> dict[str, Any]:
+    """Colour and marker of the k-th series: tab10 colours, a new marker every 10, so that
+    eleven Table 1 methods stay apart (tab20's pairs look alike)."""
+    return {"color": plt.get_cmap("tab10")(k % 10), "marker": MARKERS[(k + k // 10) % len(MARKERS)]}
+
+
 def run_labels(runs: list[RunRecord]) -> list[str]:
     """Quantizer names, with the hyperparameters (and seed) that tell same-named runs apart."""
     def settings(run: RunRecord) -> dict[str, Any]:
@@ -84,14 +93,16 @@ def plot_curves(runs: list[RunRecord], path: Path) -> Path:
     """Train loss, test MSE and test perplexity per epoch, one line per run."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
     panels = [("train_loss", "train loss"), ("mse", "test MSE"), ("perplexity", "test perplexity")]
-    for run, label in zip(runs, run_labels(runs)):
+    for k, (run, label) in enumerate(zip(runs, run_labels(runs))):
         epochs = [r["epoch"] for r in run.history]
         for ax, (key, _) in zip(axes, panels):
-            ax.plot(epochs, [r[key] for r in run.history], marker="o" if len(epochs) < 15 else None,
-                    ms=3, label=label)
+            ax.plot(epochs, [r[key] for r in run.history], ms=5 if len(epochs) < 15 else 0, label=label,
+                    **style(k))
+    last = max(r["epoch"] for run in runs for r in run.history)
     for ax, (key, title) in zip(axes, panels):
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1))
+        ax.set_xlim(0.5, last + 0.5)
         ax.set_ylabel(title)
         ax.set_title(title)
         ax.grid(alpha=0.3)
@@ -157,10 +168,9 @@ def plot_pareto(runs: list[RunRecord], path: Path) -> Path:
     ppl = np.array([r.summary["perplexity"] for r in runs])
     names = [r.summary.get("quantizer", "?") for r in runs]
     fig, ax = plt.subplots(figsize=(8, 5.5), constrained_layout=True)
-    cmap = plt.get_cmap("tab10" if len(set(names)) <= 10 else "tab20")  # tab20's pairs look alike
     for k, name in enumerate(sorted(set(names))):
         idx = [i for i, n in enumerate(names) if n == name]
-        ax.scatter(mse[idx], ppl[idx], s=40, color=cmap(k % 20), label=name, zorder=3)
+        ax.scatter(mse[idx], ppl[idx], s=40, label=name, zorder=3, **style(k))
     front = pareto_front(mse, ppl)
     ax.plot(mse[front], ppl[front], "k--", lw=1.2, marker="o", mfc="none", ms=11, label="Pareto front",
             zorder=2)  # open rings: a one-point front still shows
