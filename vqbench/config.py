@@ -69,11 +69,12 @@ class RunConfig:
     device: str = "auto"
     out: str = "runs"
     name: Optional[str] = None  # run folder name; default <quantizer>-<dataset>-<config hash>
+    results: Optional[str] = "results"  # folder of tidy result rows (vqbench.results); null: none
 
 
 # Keys that say where and how a run is stored, not what it computes: left out of the hash
 # (so a resumed run may change them and still find its run folder).
-_NOT_HASHED = ("out", "name", "device")
+_NOT_HASHED = ("out", "name", "device", "results")
 _NOT_HASHED_TRAIN = ("checkpoint_every",)
 
 

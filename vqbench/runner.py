@@ -487,6 +487,10 @@ class Trainer:
         bar.close()
         summary = self.summary()
         write_json_atomic(self.run_dir / SUMMARY, summary)
+        if self.cfg.get("results"):  # one tidy row per finished run (vqbench table / results)
+            from .results import append_row
+
+            append_row(self.cfg.results, self.cfg, summary)
         return RunResult(run_dir=self.run_dir, summary=summary, history=self.history)
 
 
