@@ -64,5 +64,5 @@ FAST_RUN = {
 
 def fast_overrides(out, steps: int = 10, **extra) -> list[str]:
     """KEY=VALUE overrides for a short training run writing under ``out``."""
-    items = {**FAST_RUN, "out": str(out), "train.max_steps": steps, **extra}
+    items = {**FAST_RUN, "out": str(out), "results": f"{out}/results", "train.max_steps": steps, **extra}
     return [f"{k}={v}" for k, v in items.items()]
