@@ -69,8 +69,15 @@ def aggregated_posterior(probs: Tensor) -> Tensor:
 
 
 def entropy(p: Tensor, dim: int = -1) -> Tensor:
-    """H(p) in nats; xlogy keeps zero probabilities finite."""
-    return -torch.special.xlogy(p, p).sum(dim)
+    """H(p) in nats; zero probabilities count 0, in value and in gradient.
+
+    xlogy(p, p) has a finite value at p = 0 but the gradient log p + 1 = −∞ there, which times
+    ∂p/∂logits = 0 gives NaN: any π that underflows to 0 (large ŵ, far codes) poisoned the
+    whole backward pass. The double ``where`` keeps both the value and the gradient finite.
+    """
+    positive = p > 0
+    safe = torch.where(positive, p, torch.ones_like(p))
+    return -torch.where(positive, p * torch.log(safe), torch.zeros_like(p)).sum(dim)
 
 
 def kl_to_uniform(q: Tensor) -> Tensor:
