@@ -160,3 +160,20 @@ def test_gmvq_bound_objective_is_a_lower_bound(case, decoder, x, beta) -> None:
     s2 = q.component_variance(Fq.squared_distances(z, case.codebook)).detach()
     value, log_p = Bd.gmvq_objective(model, x, pi, s2, "bound"), Bd.log_evidence(model, x)
     assert (value <= log_p + slack(value, log_p)).all()
+
+
+def test_gmvq_bound_is_registered() -> None:
+    import importlib
+    from pathlib import Path
+
+    import yaml
+
+    entry = yaml.safe_load((Path(__file__).resolve().parents[1] / "registry.yaml").read_text())["quantizers"]["gmvq-bound"]
+    assert entry["table1_row"] is None and "paper" not in entry
+    module, name = entry["class"].split(":")
+    q = getattr(importlib.import_module(module), name)(num_codes=4, dim=3, **entry["defaults"])
+    assert (q.objective, q.latreg) == ("bound", "aggregated")
+    out = q.train()(torch.randn(2, 3, 2, 2))
+    assert "z_entropy_bound" in out.terms and torch.isfinite(out.loss)
+    with pytest.raises(ValueError, match="aggregated"):
+        type(q)(num_codes=4, dim=3, objective="bound", latreg="sampled")
