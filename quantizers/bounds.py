@@ -202,3 +202,28 @@ def paper_regime_counterexample() -> dict[str, list[float]]:
         "q_batch": q_b.tolist(),
         "entropy_condition": entropy_condition(pi, s2).tolist(),
     }
+
+
+def counterexample_report() -> str:
+    """The two counterexamples as printable text (used by the CLI and examples/)."""
+    one = scalar_counterexample()
+    two = paper_regime_counterexample()
+    lines = [
+        "ALBO (paper eq. 11) is not a lower bound of log p(x): two exact counterexamples.",
+        "",
+        "1) C = L = D = 1, A = 1, b = 0, mu = 0, sigma_z = sigma_x = 0.1, x = 0, q(z|x) = N(0, 0.01^2)",
+        f"   log p(x) = {one['log_p']:.4f}",
+        f"   ALBO     = {one['albo']:.4f}   > log p(x)",
+        f"   F        = {one['f']:.4f}   (ALBO + h(q(z|x)), the true bound)",
+        f"   sum_k pi_k log(2 pi e s_k^2) = {one['entropy_condition']:.4f} < 0 (entropy condition fails)",
+        "",
+        "2) The paper's regime: C = 2, M = [-1, 1], sigma_z^2 = 1/2 (beta = 1), sigma_x = 0.05 (gamma = 0.005),",
+        "   batch x in {-1, +1}, z_hat = mu_c + 0.01, r_hat = 5, q^B = "
+        + "({:.4f}, {:.4f})".format(*two["q_batch"]),
+    ]
+    for i, x in enumerate((-1, 1)):
+        lines.append(
+            f"   x = {x:+d}: log p(x) = {two['log_p'][i]:.4f}, ALBO = {two['albo'][i]:.4f} > log p(x), "
+            f"F_lower = {two['f_lower'][i]:.4f}"
+        )
+    return "\n".join(lines)
