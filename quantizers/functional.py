@@ -59,7 +59,8 @@ def gumbel_softmax_st(
     y = torch.softmax(perturbed / tau, dim=-1)
     indices = perturbed.argmax(dim=-1)
     hard = F.one_hot(indices, log_probs.shape[-1]).to(y.dtype)
-    return hard + y - y.detach(), indices, y
+    # Parenthesised: (hard + y) − y is 1 ± 1 ulp in about a quarter of the rows.
+    return hard + (y - y.detach()), indices, y
 
 
 def aggregated_posterior(probs: Tensor) -> Tensor:
@@ -68,9 +69,15 @@ def aggregated_posterior(probs: Tensor) -> Tensor:
 
 
 def entropy(p: Tensor, dim: int = -1) -> Tensor:
-    """H(p) in nats. Zero probabilities count 0 with a finite gradient: log is taken of
-    p clamped at the dtype's tiny (xlogy's gradient is −inf at 0, which turns into NaN)."""
-    return -(p * torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))).sum(dim)
+    """H(p) in nats; zero probabilities count 0, in value and in gradient.
+
+    xlogy(p, p) has a finite value at p = 0 but the gradient log p + 1 = −∞ there, which times
+    ∂p/∂logits = 0 gives NaN: any π that underflows to 0 (large ŵ, far codes) poisoned the
+    whole backward pass. The double ``where`` keeps both the value and the gradient finite.
+    """
+    positive = p > 0
+    safe = torch.where(positive, p, torch.ones_like(p))
+    return -torch.where(positive, p * torch.log(safe), torch.zeros_like(p)).sum(dim)
 
 
 def kl_to_uniform(q: Tensor) -> Tensor:
@@ -127,10 +134,3 @@ def kmeans(
             refill = torch.randint(n, (int(empty.sum()),), generator=generator)
             centroids[empty] = samples[refill.to(samples.device)]
     return centroids
-
-
-def exponential_schedule(start: float, end: float, fraction: float) -> float:
-    """start · (end/start)^f for training progress f clamped to [0, 1] (MATH.md choice 4:
-    the Gumbel temperature anneals 2.0 → 0.1 exponentially; the paper gives only endpoints)."""
-    f = min(max(float(fraction), 0.0), 1.0)
-    return start * (end / start) ** f

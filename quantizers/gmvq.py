@@ -16,18 +16,32 @@ silent follow ``shared/MATH.md`` and are constructor options:
   reparameterisation of eq. 15, data-dependent like ActNorm's initialisation.
 - eq. 16/17: l_c = −½ Σ_i ŵ_i (ẑ_i − μ_{c,i})², π = softmax(l), computed by log_softmax.
 - eq. 12: q^B(c) = mean of π over every latent vector of the batch (all B·H·W).
-- eq. 18: σ_c² = ‖ẑ − μ_c‖² / (2 σ² L) with its own ``sigma2`` (not tied to β, so
-  "+ Entropy" raising β does not change the noise); √(d² + eps) keeps the gradient finite.
+- eq. 18: σ_c² = (‖ẑ − μ_c‖² + eps) / (2 σ² L) with its own ``sigma2`` (not tied to β, so
+  "+ Entropy" raising β does not change the noise); eps (default 1e-8) is a variance floor
+  that keeps ∂σ_c/∂ẑ finite at ẑ = μ_c (√(d² + eps)); ``eps=0`` is eq. 18 exactly.
+  q(z|x) = Σ_k π_k N(μ_k, σ_k² I) uses these variances in every closed form below.
 - Sampling: j = argmax(log π + g), c_q = onehot(j) + y − sg(y), y = softmax_τ(log π + g),
   z = c_qᵀM + σ_j ε; τ anneals 2.0 → 0.1 exponentially through ``set_progress``.
 - eq. 14 LatReg, three readings (``latreg``): ``sampled`` ‖z − μ_j‖² = σ_j²‖ε‖² (default),
   ``aggregated`` Σ_c q^B(c)‖z − μ_c‖², ``posterior`` Σ_c π(c)‖z − μ_c‖².
-- Loss (eq. 13/14/21): γ (mean_n LatReg_n + β KL(q^B ‖ U)). The runner adds the
-  reconstruction as a mean over pixels; LatReg is summed over L and averaged over vectors;
-  the KL counts once per batch. γ's scale depends on these reductions.
+- Loss (eq. 13/14/21), ``objective="albo"``: γ (mean_n LatReg_n + β KL(q^B ‖ U)). The runner
+  adds the reconstruction as a mean over pixels; LatReg is summed over L and averaged over
+  vectors; the KL counts once per batch. γ's scale depends on these reductions. With the
+  reconstruction summed over each vector's pixels, γ = σ_x²/σ_z², β = 2σ_z² and the loss is
+  −2σ_x² (ALBO + const) (``quantizers.bounds``, Appendix A.3).
 - Eval (§5.1): no noise, z = μ_j with j = argmax π.
 
-``gmvq-entropy`` is this class with β > 1 (registry default β = 2, tuned by the ``beta`` sweep).
+Registered variants (``registry.yaml``):
+
+- ``gmvq``: the paper's method, ``latreg="sampled"``, ``objective="albo"``.
+- ``gmvq-entropy``: the same with β > 1 (registry default β = 2, tuned by the ``beta`` sweep).
+- ``gmvq-bound``: trained on a valid lower bound of log p(x) (``shared/MATH.md``, "The bound is
+  not a bound"; ``docs/albo.md``). ALBO drops the differential entropy h(q(z|x)), which can be
+  negative, so ALBO can exceed log p(x). ``objective="bound"`` keeps it through the mixture
+  lower bound h(q(z|x)) ≥ Σ_k π_k h_k, h_k = (L/2) log(2πe σ_k²), and needs
+  ``latreg="aggregated"``: loss = γ (mean_n LatReg_n + β KL(q^B ‖ U) − β mean_n Σ_k π_nk h_nk),
+  i.e. L − γβ Σ_k π_k h_k in the same per-vector units as LatReg (γβ = 2σ_x²), which is
+  −2σ_x² (F_lower + const).
 """
 from __future__ import annotations
 
@@ -41,10 +55,12 @@ from . import functional as Fq
 from .base import Quantizer, QuantizerOutput, check_positive
 
 LATREG_READINGS = ("sampled", "aggregated", "posterior")
+OBJECTIVES = ("albo", "bound")
+LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 class GMVQ(Quantizer):
-    """Gaussian-mixture VQ trained on the (negative) ALBO, paper eq. 21."""
+    """Gaussian-mixture VQ trained on the (negative) ALBO, paper eq. 21, or on a valid bound."""
 
     def __init__(
         self,
@@ -54,6 +70,7 @@ class GMVQ(Quantizer):
         beta: float = 1.0,
         sigma2: float = 0.5,
         latreg: str = "sampled",
+        objective: str = "albo",
         tau_start: float = 2.0,
         tau_end: float = 0.1,
         weight_head: bool = True,
@@ -61,16 +78,20 @@ class GMVQ(Quantizer):
         eps: float = 1e-8,
     ) -> None:
         super().__init__(num_codes, dim)
-        for name, value in (("gamma", gamma), ("beta", beta)):
+        for name, value in (("gamma", gamma), ("beta", beta), ("eps", eps)):
             check_positive(name, value, allow_zero=True)
         for name, value in (("sigma2", sigma2), ("tau_start", tau_start), ("tau_end", tau_end)):
             check_positive(name, value)
         if latreg not in LATREG_READINGS:
             raise ValueError(f"latreg must be one of {', '.join(LATREG_READINGS)}, got {latreg!r}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+        if objective == "bound" and latreg != "aggregated":
+            raise ValueError(f"objective='bound' is a bound only with latreg='aggregated', got {latreg!r}")
         self.gamma, self.beta, self.sigma2 = float(gamma), float(beta), float(sigma2)
         if precision_init != "auto":
             check_positive("precision_init", precision_init)
-        self.latreg, self.eps = latreg, float(eps)
+        self.latreg, self.objective, self.eps = latreg, objective, float(eps)
         self.precision_init = precision_init
         self.tau_start, self.tau_end = float(tau_start), float(tau_end)
         self.embedding = nn.Parameter(torch.randn(self.num_codes, self.dim) / self.dim**0.5)
@@ -113,18 +134,43 @@ class GMVQ(Quantizer):
 
     def log_posterior(self, z: Tensor) -> Tensor:
         """log π = log_softmax(l) with l from eq. 16, shape (N, C)."""
-        logits = -0.5 * Fq.weighted_squared_distances(z, self.precision_weights(z), self.codebook.float())
+        codebook = self.codebook.to(z.dtype)
+        logits = -0.5 * Fq.weighted_squared_distances(z, self.precision_weights(z), codebook)
         return torch.log_softmax(logits, dim=-1)
 
+    def component_variance(self, sq_dist: Tensor) -> Tensor:
+        """σ_c² = (‖ẑ − μ_c‖² + eps) / (2σ²L), eq. 18 with the variance floor eps."""
+        return (sq_dist + self.eps) / (2.0 * self.sigma2 * self.dim)
+
     def component_std(self, sq_dist: Tensor) -> Tensor:
-        """σ_c from eq. 18, √((d² + eps) / (2σ²L)); eps keeps ∂σ/∂d finite at d = 0."""
-        return torch.sqrt((sq_dist + self.eps) / (2.0 * self.sigma2 * self.dim))
+        """σ_c = √(σ_c²) (eq. 18); the eps floor keeps ∂σ/∂ẑ finite at ẑ = μ_c."""
+        return torch.sqrt(self.component_variance(sq_dist))
+
+    def component_entropy_bound(self, probs: Tensor, variances: Tensor) -> Tensor:
+        """Σ_k π_k h_k, h_k = (L/2) log(2πe σ_k²): a lower bound of h(q(z|x)), per vector."""
+        h = 0.5 * self.dim * torch.log(2.0 * math.pi * math.e * variances)
+        return (probs * h).sum(-1)
+
+    def sample(
+        self, z: Tensor, log_pi: Tensor, gumbel: Tensor | None = None, normal: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """z = c_qᵀM + σ_j ε with c_q the straight-through Gumbel sample; (z_s, j, σ_j²‖ε‖²).
+
+        ``gumbel`` (N, C) and ``normal`` (N, L) fix the noise (tests); drawn when None.
+        """
+        codebook = self.codebook.to(z.dtype)
+        c_q, indices, _ = Fq.gumbel_softmax_st(log_pi, float(self.tau), noise=gumbel)
+        noise = torch.randn_like(z) if normal is None else normal
+        std = self.component_std((z - codebook[indices]).pow(2).sum(-1))
+        z_s = c_q @ codebook + std[:, None] * noise
+        # ‖z − μ_j‖² = σ_j²‖ε‖²: only σ_j carries gradient (a commitment-like pull).
+        return z_s, indices, std.pow(2) * noise.pow(2).sum(-1)
 
     def latent_regularizer(self, z: Tensor, probs: Tensor, q_batch: Tensor, sampled_sq: Tensor) -> Tensor:
-        """Mean over vectors of eq. 14's LatReg under the configured reading."""
+        """Mean over vectors of eq. 14's LatReg under the configured reading (one sample)."""
         if self.latreg == "sampled":
             return sampled_sq.mean()
-        codebook = self.codebook.float()
+        codebook = self.codebook.to(z.dtype)
         weights = q_batch[None, :] if self.latreg == "aggregated" else probs
         # Σ_c w_c ‖z − μ_c‖² = ‖z‖² − 2 z·(wᵀM) + w·‖μ‖², without an N×C×L tensor.
         per_vector = (
@@ -134,34 +180,59 @@ class GMVQ(Quantizer):
         )
         return per_vector.mean()
 
-    def quantize(self, z: Tensor) -> QuantizerOutput:
-        z32 = z.float()  # distances, softmax and KL in fp32 even under autocast
+    def expected_latent_regularizer(self, probs: Tensor, q_batch: Tensor, variances: Tensor) -> Tensor:
+        """E over z ~ q(z|x) (and j) of :meth:`latent_regularizer`, in closed form.
+
+        sampled: Σ_k π_k L σ_k²; aggregated / posterior: Σ_c w_c Σ_k π_k (‖μ_k − μ_c‖² + L σ_k²)
+        with w = q^B / π (MATH.md choice 1).
+        """
+        spread = (probs * variances).sum(-1) * self.dim
+        if self.latreg == "sampled":
+            return spread.mean()
+        codebook = self.codebook.to(probs.dtype)
+        weights = q_batch[None, :].expand_as(probs) if self.latreg == "aggregated" else probs
+        between = (weights[:, :, None] * probs[:, None, :] * Fq.squared_distances(codebook, codebook)).sum((1, 2))
+        return (between + spread).mean()
+
+    def _working(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(z in its compute dtype, log π, π, q^B): fp32 under low precision, else z's dtype."""
+        zw = z.float() if z.dtype in LOW_PRECISION else z
         if self.training and not bool(self.calibrated):
-            self.calibrate_precision(z32.detach())
-        codebook = self.codebook.float()
-        log_pi = self.log_posterior(z32)
+            self.calibrate_precision(zw.detach())
+        log_pi = self.log_posterior(zw)
         probs = log_pi.exp()
-        q_batch = Fq.aggregated_posterior(probs)
+        return zw, log_pi, probs, Fq.aggregated_posterior(probs)
+
+    def _entropy_term(self, zw: Tensor, probs: Tensor) -> Tensor:
+        variances = self.component_variance(Fq.squared_distances(zw, self.codebook.to(zw.dtype)))
+        return self.component_entropy_bound(probs, variances).mean()
+
+    def expected_loss(self, z: Tensor) -> Tensor:
+        """E_{q(z|x)} of the training loss of :meth:`quantize` (no reconstruction), closed form."""
+        zw, _, probs, q_batch = self._working(z)
+        variances = self.component_variance(Fq.squared_distances(zw, self.codebook.to(zw.dtype)))
+        penalty = self.beta * Fq.kl_to_uniform(q_batch)
+        if self.objective == "bound":
+            penalty = penalty - self.beta * self.component_entropy_bound(probs, variances).mean()
+        return self.gamma * (self.expected_latent_regularizer(probs, q_batch, variances) + penalty)
+
+    def quantize(self, z: Tensor) -> QuantizerOutput:
+        zw, log_pi, probs, q_batch = self._working(z)
         kl = Fq.kl_to_uniform(q_batch)
         if self.training:
-            c_q, indices, _ = Fq.gumbel_softmax_st(log_pi, float(self.tau))
-            centre = c_q @ codebook
-            sq_dist = (z32 - codebook[indices]).pow(2).sum(-1)
-            noise = torch.randn_like(z32)
-            std = self.component_std(sq_dist)
-            z_s = centre + std[:, None] * noise
-            # ‖z − μ_j‖² = σ_j²‖ε‖²: only σ_j carries gradient (a commitment-like pull).
-            sampled_sq = std.pow(2) * noise.pow(2).sum(-1)
+            z_s, indices, sampled_sq = self.sample(zw, log_pi)
         else:
             indices = log_pi.argmax(-1)
-            z_s = codebook[indices]
-            sampled_sq = torch.zeros_like(z32[:, 0])
+            z_s = self.codebook.to(zw.dtype)[indices]
+            sampled_sq = torch.zeros_like(zw[:, 0])
         latreg = self.latent_regularizer(z_s, probs, q_batch, sampled_sq)
-        loss = self.gamma * (latreg + self.beta * kl)
-        terms = {
-            "latreg": latreg.detach(),
-            "kl": kl.detach(),
-            "posterior_entropy": Fq.entropy(probs).mean().detach(),
-            "tau": self.tau.detach().clone(),
-        }
+        penalty = self.beta * kl
+        terms = {"latreg": latreg.detach(), "kl": kl.detach()}
+        if self.objective == "bound":
+            entropy = self._entropy_term(zw, probs)
+            penalty = penalty - self.beta * entropy
+            terms["z_entropy_bound"] = entropy.detach()
+        loss = self.gamma * (latreg + penalty)
+        terms["posterior_entropy"] = Fq.entropy(probs).mean().detach()
+        terms["tau"] = self.tau.detach().clone()
         return QuantizerOutput(z_q=z_s.to(z.dtype), loss=loss, terms=terms, indices=indices, probs=probs)
