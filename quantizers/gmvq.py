@@ -15,7 +15,10 @@ silent follow ``shared/MATH.md`` and are constructor options:
   a float fixes s instead. The head starts at softplus(r̂) = 1. This is a constant
   reparameterisation of eq. 15, data-dependent like ActNorm's initialisation.
 - eq. 16/17: l_c = −½ Σ_i ŵ_i (ẑ_i − μ_{c,i})², π = softmax(l), computed by log_softmax.
-- eq. 12: q^B(c) = mean of π over every latent vector of the batch (all B·H·W).
+- eq. 12: q^B(c) = mean of π over every latent vector of the batch (all B·H·W). Under DDP
+  ``aggregate="global"`` (default) takes B = every rank's batch (an all-reduce that keeps
+  autograd), so KL(q^B‖U) is that of one process on the global batch; ``"local"`` uses the
+  rank's batch, a smaller-batch estimate whose KL is larger (Jensen). docs/distributed.md.
 - eq. 18: σ_c² = ‖ẑ − μ_c‖² / (2 σ² L) with its own ``sigma2`` (not tied to β, so
   "+ Entropy" raising β does not change the noise); √(d² + eps) keeps the gradient finite.
 - Sampling: j = argmax(log π + g), c_q = onehot(j) + y − sg(y), y = softmax_τ(log π + g),
@@ -37,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import distributed as Fd
 from . import functional as Fq
 from .base import Quantizer, QuantizerOutput, check_positive
 
@@ -59,6 +63,7 @@ class GMVQ(Quantizer):
         weight_head: bool = True,
         precision_init: str | float = "auto",
         eps: float = 1e-8,
+        aggregate: str = "global",
     ) -> None:
         super().__init__(num_codes, dim)
         for name, value in (("gamma", gamma), ("beta", beta)):
@@ -71,6 +76,9 @@ class GMVQ(Quantizer):
         if precision_init != "auto":
             check_positive("precision_init", precision_init)
         self.latreg, self.eps = latreg, float(eps)
+        if aggregate not in ("global", "local"):
+            raise ValueError(f"aggregate must be global or local, got {aggregate!r}")
+        self.aggregate = aggregate
         self.precision_init = precision_init
         self.tau_start, self.tau_end = float(tau_start), float(tau_end)
         self.embedding = nn.Parameter(torch.randn(self.num_codes, self.dim) / self.dim**0.5)
@@ -93,6 +101,7 @@ class GMVQ(Quantizer):
     def calibrate_precision(self, z: Tensor) -> None:
         """s = L / mean_n min_c ‖ẑ_n − μ_c‖² (see the module docstring)."""
         nearest = Fq.squared_distances(z.float(), self.codebook.float()).min(-1).values.mean()
+        nearest = Fd.all_reduce_sum_(nearest.reshape(1)).squeeze(0) / Fd.world_size()  # one s on every rank
         self.precision_scale.fill_(float(self.dim / nearest.clamp_min(1e-12)))
         self.calibrated.fill_(True)
 
@@ -141,7 +150,7 @@ class GMVQ(Quantizer):
         codebook = self.codebook.float()
         log_pi = self.log_posterior(z32)
         probs = log_pi.exp()
-        q_batch = Fq.aggregated_posterior(probs)
+        q_batch = Fq.aggregated_posterior(probs, global_batch=self.training and self.aggregate == "global")
         kl = Fq.kl_to_uniform(q_batch)
         if self.training:
             c_q, indices, _ = Fq.gumbel_softmax_st(log_pi, float(self.tau))

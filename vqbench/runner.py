@@ -25,6 +25,7 @@ from torch import Tensor
 import quantizers.functional as Fq
 
 from . import __version__
+from . import distributed
 from .config import config_hash, resolve_config
 from .data import ImageData, load_dataset
 from .errors import UserError
@@ -170,17 +171,21 @@ class Trainer:
         self.cfg = cfg
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.on_epoch = on_epoch
-        self.device = resolve_device(cfg.device)
+        self.dist = distributed.setup(resolve_device(cfg.device))  # torchrun: rank, world, device
+        self.device = self.dist.device
+        if not self.dist.is_main:
+            self.log = lambda line: None
         seed_everything(cfg.seed)
-        self.data = data or load_dataset(cfg.data)
+        self.data = data or self.dist.main_first(load_dataset, cfg.data)
         _check_shapes(cfg, self.data)
-        self.run_dir = prepare_run_dir(cfg)
+        self.run_dir = self.dist.call_on_main(prepare_run_dir, cfg)
 
         self.use_cuda = self.device.type == "cuda"
         self.channels_last = bool(cfg.train.channels_last and self.use_cuda)
         self.model = build_model(cfg).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = self.dist.prepare_model(self.model, cfg.seed)  # DDP when distributed
         amp = cfg.train.amp if cfg.train.amp != "auto" else ("bf16" if self.use_cuda else "none")
         self.amp_dtype = torch.bfloat16 if amp == "bf16" else None
 
@@ -190,6 +195,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.batch_size = min(cfg.train.batch_size, len(self.train_images))
         self.steps_per_epoch = len(self.train_images) // self.batch_size
+        self.batch_size = self.dist.local_batch_size(self.batch_size)  # this rank's share
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         if cfg.train.max_steps:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
@@ -241,7 +247,7 @@ class Trainer:
         return loss.detach(), (x_hat.detach() - x).pow(2).mean(), out.terms
 
     def check_finite(self, loss: Tensor, terms: dict[str, Tensor]) -> None:
-        if not math.isfinite(float(loss)):
+        if not math.isfinite(float(self.dist.all_sum(loss))):  # every rank stops, or none
             bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
             raise DivergenceError(f"loss became {float(loss)} at step {self.step}"
                                   + (f" (non-finite terms: {', '.join(bad)})" if bad else ""))
@@ -250,6 +256,7 @@ class Trainer:
         """Train one epoch (or until total_steps), evaluate, and return its metrics record."""
         self.model.train()
         order = torch.randperm(len(self.train_images), generator=self.generator).to(self.device)
+        order = self.dist.shard_order(order, self.batch_size)
         loss_sum = torch.zeros((), device=self.device)
         mse_sum = torch.zeros((), device=self.device)
         steps, terms, loss = 0, {}, loss_sum
@@ -301,37 +308,40 @@ class Trainer:
             "code_perplexity": final["code_perplexity"], "codes_used": final["codes_used"],
             "num_codes": cfg.quantizer.num_codes,
             "mean_image_mse": mean_image_mse(self.data.train, self.data.test),
-            "images_per_s": self.images_seen / max(self.train_seconds, 1e-9),
+            "images_per_s": self.images_seen * self.dist.world_size / max(self.train_seconds, 1e-9),
             "train_seconds": self.train_seconds,
             "train_images": len(self.train_images), "test_images": len(self.test_images),
             "wall_s": time.perf_counter() - self.started, "device": self.device.type,
+            "world_size": self.dist.world_size,
             "device_name": torch.cuda.get_device_name(self.device) if self.use_cuda else "cpu",
             "torch": torch.__version__, "vqbench": __version__,
         }
 
     def fit(self) -> RunResult:
         self.started = time.perf_counter()
-        OmegaConf.save(self.cfg, self.run_dir / "config.yaml")
+        self.dist.call_on_main(OmegaConf.save, self.cfg, self.run_dir / "config.yaml")
         if self.cfg.train.kmeans_init:
             self.init_codebook()
         self.setup_optimization()
         metrics_path = self.run_dir / "metrics.jsonl"
-        metrics_path.write_text("")
+        self.dist.call_on_main(metrics_path.write_text, "")
         bar = _progress(self.total_steps, self.cfg.quantizer.name)
         while self.epoch < self.epochs:
-            record = self.run_epoch(bar)
+            record = self.dist.sync_record(self.run_epoch(bar))  # identical on every rank
             self.history.append(record)
-            with open(metrics_path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
+            if self.dist.is_main:
+                with open(metrics_path, "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
             if self.on_epoch is not None:
-                self.on_epoch(record)
+                self.dist.call_on_main(self.on_epoch, record)  # a prune stops every rank
             self.log(f"epoch {self.epoch}/{self.epochs}  step {self.step}  loss {record['train_loss']:.5f}  "
                      f"test mse {record['mse']:.5f}  perplexity {record['perplexity']:.1f}  "
                      f"codes {record['codes_used']}  {record['images_per_s']:.0f} img/s")
-            save_checkpoint(self.run_dir / "checkpoint.pt", self.checkpoint_state())
+            # Rank 0 writes; every rank returns once the file is complete (resume loads it).
+            self.dist.call_on_main(save_checkpoint, self.run_dir / "checkpoint.pt", self.checkpoint_state())
         bar.close()
         summary = self.summary()
-        write_json_atomic(self.run_dir / "summary.json", summary)
+        self.dist.call_on_main(write_json_atomic, self.run_dir / "summary.json", summary)
         return RunResult(run_dir=self.run_dir, summary=summary, history=self.history)
 
 
@@ -346,7 +356,10 @@ def fit(config: DictConfig | dict | None = None, *, data: ImageData | None = Non
     """
     resolved = isinstance(config, DictConfig) and "num_codes" in config.get("quantizer", {})
     cfg = config if resolved else resolve_config(base=config or {})
-    return Trainer(cfg, data=data, log=log, on_epoch=on_epoch).fit()
+    try:
+        return Trainer(cfg, data=data, log=log, on_epoch=on_epoch).fit()
+    finally:
+        distributed.shutdown()  # the process group, if this run created it (torchrun)
 
 def _check_shapes(cfg: DictConfig, data: ImageData) -> None:
     _, h, w = data.image_shape

@@ -14,14 +14,39 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="default: auto (CUDA when present)")
     p.add_argument("--config", default=None, help="a YAML run configuration to start from")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line last")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="train with DistributedDataParallel on N local processes (one per GPU; gloo on CPU) "
+                        "by launching torchrun; train.batch_size stays the global batch")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.epochs=3 quantizer.gamma=0.5")
     p.set_defaults(func=handle)
 
 
+def _argv_without_nproc(args) -> list[str]:
+    """This command line again, for torchrun to start on every rank."""
+    argv = ["--debug"] * bool(args.debug) + [x for path in args.registry for x in ("--registry", path)]
+    argv += ["run", "--quantizer", args.quantizer, "--dataset", args.dataset]
+    for flag in ("model", "out", "device", "config"):
+        if getattr(args, flag) is not None:
+            argv += [f"--{flag}", str(getattr(args, flag))]
+    return argv + ["--json"] * bool(args.json) + list(args.overrides)
+
+
 def handle(args) -> int:
     from ..config import load_config_file, resolve_config
+    from ..distributed import env_rank, env_world_size, launch
+    from ..errors import UserError
     from ..runner import DivergenceError, fit
 
+    if args.nproc is not None:
+        if args.nproc < 1:
+            raise UserError(f"--nproc must be a whole number ≥ 1, got {args.nproc}")
+        if env_world_size() > 1 and args.nproc != env_world_size():
+            raise UserError(f"--nproc {args.nproc} inside a torchrun job of {env_world_size()} processes; "
+                            "drop --nproc under torchrun")
+        if args.nproc > 1 and env_world_size() == 1:
+            resolve_config(args.quantizer, args.dataset, args.model, list(args.overrides),
+                           base=load_config_file(args.config) if args.config else None)  # fail fast, once
+            return launch(args.nproc, _argv_without_nproc(args))
     overrides = list(args.overrides)
     if args.out is not None:
         overrides.append(f"out={args.out}")
@@ -34,6 +59,8 @@ def handle(args) -> int:
     except DivergenceError as exc:
         print(f"vqbench: run failed: {exc}", file=sys.stderr)
         return 1
+    if env_rank() != 0:
+        return 0  # rank 0 reports
     s = result.summary
     print(f"{s['quantizer']} on {s['dataset']}: test mse {s['mse']:.6f} ({s['mse'] * 1e3:.3f}e-3; "
           f"mean-image baseline {s['mean_image_mse']:.6f})  perplexity {s['perplexity']:.1f}  "
