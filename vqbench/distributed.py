@@ -137,13 +137,17 @@ class DistContext:
         if not self.enabled:
             return fn(*args, **kwargs)
         box: list[Any] = [None]
+        error: BaseException | None = None
         if self.is_main:
             try:
                 box[0] = ("ok", fn(*args, **kwargs))
             except BaseException as exc:  # noqa: BLE001 - handed to every rank, then re-raised
+                error = exc
                 box[0] = ("err", exc if _picklable(exc) else RuntimeError(f"{type(exc).__name__}: {exc}"))
         dist.broadcast_object_list(box, src=0)
         kind, value = box[0]
+        if error is not None:
+            raise error
         if kind == "err":
             raise value
         return value
