@@ -101,8 +101,9 @@ def main(out: Path) -> None:
                           "q_one": q_one.detach(), "kl_local": float(kl_local), "kl_global": float(kl_global)})
 
     # 5. on_epoch raising (a pruned trial) on rank 0 must stop both ranks, not hang rank 1.
-    def prune(record):
-        raise Pruned(f"pruned at epoch {record['epoch']}")
+    def prune(record):  # the trial lives on rank 0 only; rank 1 would carry on alone
+        if rank == 0:
+            raise Pruned(f"pruned at epoch {record['epoch']}")
 
     try:
         train(config("vqvae", out / "runs", "train.max_steps=12", "name=pruned"), on_epoch=prune)
