@@ -164,3 +164,12 @@ def test_bad_nproc_is_one_line(capsys):
     assert main(["run", "--nproc", "0", "-q", "vqvae", "-d", "cifar10-tiny"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "vqbench: error: --nproc must be a whole number ≥ 1, got 0"]
+
+
+def test_nproc_checks_the_global_batch_before_starting_processes(capsys):
+    from vqbench.cli import main
+
+    assert main(["run", "--nproc", "2", "-q", "vqvae", "-d", "cifar10-tiny", "train.batch_size=33"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "vqbench: error: train.batch_size 33 is the global batch and must be divisible by --nproc 2; "
+        "use a multiple of 2"]

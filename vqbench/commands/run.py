@@ -31,12 +31,34 @@ def _argv_without_nproc(args) -> list[str]:
     return argv + ["--json"] * bool(args.json) + list(args.overrides)
 
 
+def _check_launch(nproc: int, cfg) -> None:
+    """What would fail on every rank, said once before starting them."""
+    import torch
+
+    from ..errors import UserError
+    from ..runner import resolve_device
+
+    if resolve_device(cfg.device).type == "cuda" and nproc > torch.cuda.device_count():
+        raise UserError(f"--nproc {nproc} needs one GPU per process but {torch.cuda.device_count()} are visible; "
+                        f"use --nproc {torch.cuda.device_count()} or --device cpu")
+    if cfg.train.batch_size % nproc:
+        raise UserError(f"train.batch_size {cfg.train.batch_size} is the global batch and must be divisible by "
+                        f"--nproc {nproc}; use a multiple of {nproc}")
+
+
 def handle(args) -> int:
     from ..config import load_config_file, resolve_config
     from ..distributed import env_rank, env_world_size, launch
     from ..errors import UserError
     from ..runner import DivergenceError, fit
 
+    overrides = list(args.overrides)
+    if args.out is not None:
+        overrides.append(f"out={args.out}")
+    if args.device is not None:
+        overrides.append(f"device={args.device}")
+    base = load_config_file(args.config) if args.config else None
+    cfg = resolve_config(args.quantizer, args.dataset, args.model, overrides, base=base)  # fails fast, once
     if args.nproc is not None:
         if args.nproc < 1:
             raise UserError(f"--nproc must be a whole number ≥ 1, got {args.nproc}")
@@ -44,16 +66,8 @@ def handle(args) -> int:
             raise UserError(f"--nproc {args.nproc} inside a torchrun job of {env_world_size()} processes; "
                             "drop --nproc under torchrun")
         if args.nproc > 1 and env_world_size() == 1:
-            resolve_config(args.quantizer, args.dataset, args.model, list(args.overrides),
-                           base=load_config_file(args.config) if args.config else None)  # fail fast, once
+            _check_launch(args.nproc, cfg)
             return launch(args.nproc, _argv_without_nproc(args))
-    overrides = list(args.overrides)
-    if args.out is not None:
-        overrides.append(f"out={args.out}")
-    if args.device is not None:
-        overrides.append(f"device={args.device}")
-    base = load_config_file(args.config) if args.config else None
-    cfg = resolve_config(args.quantizer, args.dataset, args.model, overrides, base=base)
     try:
         result = fit(cfg)
     except DivergenceError as exc:
