@@ -52,3 +52,17 @@ def shared_data_or_skip(*parts: str) -> Path:
             pytest.fail(f"CI must have {path}")
         pytest.skip(f"{path} is absent (only CI and the developers' machines have shared/data)")
     return path
+
+
+# A small but real recipe for tests that train: the real conv32 layout, narrower, fewer
+# codes, a test subset. Tests stay within the suite's 5-minute budget on 2 cores.
+FAST_RUN = {
+    "train.batch_size": 32, "train.eval_batch_size": 64, "train.kmeans_samples": 1024,
+    "quantizer.num_codes": 128, "model.channels": 16, "model.res_blocks": 1, "data.test_limit": 64,
+}
+
+
+def fast_overrides(out, steps: int = 10, **extra) -> list[str]:
+    """KEY=VALUE overrides for a short training run writing under ``out``."""
+    items = {**FAST_RUN, "out": str(out), "results": f"{out}/results", "train.max_steps": steps, **extra}
+    return [f"{k}={v}" for k, v in items.items()]

@@ -146,10 +146,10 @@ def test_nproc_relaunches_the_same_command_through_torchrun(monkeypatch):
     from vqbench.cli import build_parser
 
     args = build_parser().parse_args(["--registry", "mine.yaml", "run", "--nproc", "4", "-q", "gmvq", "-d",
-                                      "cifar10-tiny", "--out", "o", "--json", "train.max_steps=3"])
+                                      "cifar10-tiny", "--out", "o", "--json", "--resume", "train.max_steps=3"])
     argv = _argv_without_nproc(args)
     assert argv == ["--registry", "mine.yaml", "run", "--quantizer", "gmvq", "--dataset", "cifar10-tiny",
-                    "--out", "o", "--json", "train.max_steps=3"]
+                    "--out", "o", "--json", "--resume", "train.max_steps=3"]
     seen = {}
     monkeypatch.setattr(distributed.subprocess, "run",
                         lambda cmd, check: seen.setdefault("cmd", cmd) and SimpleNamespace(returncode=0))

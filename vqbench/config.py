@@ -69,10 +69,13 @@ class RunConfig:
     device: str = "auto"
     out: str = "runs"
     name: Optional[str] = None  # run folder name; default <quantizer>-<dataset>-<config hash>
+    results: Optional[str] = "results"  # folder of tidy result rows (vqbench.results); null: none
 
 
-# Keys that say where and how a run is stored, not what it computes: left out of the hash.
-_NOT_HASHED = ("out", "name", "device")
+# Keys that say where and how a run is stored, not what it computes: left out of the hash
+# (so a resumed run may change them and still find its run folder).
+_NOT_HASHED = ("out", "name", "device", "results")
+_NOT_HASHED_TRAIN = ("checkpoint_every",)
 
 
 def _first_line(exc: Exception) -> str:
@@ -101,7 +104,22 @@ def _merge(base: DictConfig, update: Any, where: str) -> DictConfig:
             node = OmegaConf.select(base, parent) if parent else base
             choices = list(node.keys()) if isinstance(node, DictConfig) else []
             raise UserError(f"unknown config key {key!r} in {where}{suggest(leaf, choices)}") from exc
+        if exc.__class__.__name__ == "ValidationError" and key:
+            expected = _EXPECTED.get(_node_kind(base, str(key)), "another type")
+            raise UserError(f"{key} must be {expected}, got {getattr(exc, 'value', None)!r} (in {where})") from exc
         raise UserError(f"bad value in {where}: {_first_line(exc)}") from exc
+
+
+_EXPECTED = {"IntegerNode": "a whole number", "FloatNode": "a number", "BooleanNode": "true or false",
+             "StringNode": "a string"}
+
+
+def _node_kind(cfg: DictConfig, key: str) -> str:
+    """The typed node class OmegaConf keeps for ``key`` (IntegerNode, ...), or ''."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    child = node._get_node(leaf) if isinstance(node, DictConfig) else None
+    return type(child).__name__ if child is not None else ""
 
 
 def _check_ranges(cfg: DictConfig) -> None:
@@ -201,4 +219,6 @@ def config_hash(cfg: DictConfig) -> str:
     data = OmegaConf.to_container(cfg, resolve=True)
     for key in _NOT_HASHED:
         data.pop(key, None)
+    for key in _NOT_HASHED_TRAIN:
+        data.get("train", {}).pop(key, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -38,6 +38,10 @@ def _to_nchw(array: np.ndarray, where: str) -> Tensor:
 
 
 def _read_npz(path: Path, keys: tuple[str, ...]) -> np.ndarray:
+    if path.is_file() and not zipfile.is_zipfile(path):
+        # np.load would try it as a pickle and advise allow_pickle; it is just not an .npz.
+        raise UserError(f"{path} is not a readable .npz file (truncated, or not a zip archive); expected np.savez output "
+                        f"with an array named {' or '.join(keys)}")
     try:
         with np.load(path) as archive:
             for key in keys:

@@ -160,12 +160,12 @@ class DistContext:
         return result if self.is_main else fn(*args, **kwargs)
 
     def all_sum(self, value: Tensor) -> Tensor:
-        """Sum over ranks of a scalar (NaN anywhere gives NaN everywhere), a new tensor."""
+        """Sum over ranks (NaN anywhere gives NaN everywhere), as a new tensor."""
         if not self.enabled:
             return value
-        out = value.detach().clone().reshape(1)
+        out = value.detach().clone()
         dist.all_reduce(out)
-        return out[0]
+        return out
 
     def sync_record(self, record: dict[str, Any]) -> dict[str, Any]:
         """One epoch record for every rank: train losses averaged, throughput summed."""

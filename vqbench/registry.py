@@ -32,6 +32,14 @@ class PluginWarning(UserWarning):
     """A third-party quantizer could not be loaded; everything else still works."""
 
 
+class PluginUnavailable(ImportError):
+    """Raise at import of a plugin module whose optional dependency is missing.
+
+    Its entries are then left out of :func:`list_quantizers` without a warning, and asking for
+    one by name is a :class:`UserError` carrying this exception's message (say what to install).
+    """
+
+
 @dataclass
 class QuantizerEntry:
     name: str
@@ -40,7 +48,13 @@ class QuantizerEntry:
     citation: str = ""
     table1_row: str | None = None
     paper: dict[str, dict[str, float]] = field(default_factory=dict)
-    source: str = "builtin"
+    source: str = "builtin"  # for people: "builtin", "entry point DIST VERSION", "YAML file PATH", ...
+    origin: dict[str, Any] = field(default_factory=lambda: {"kind": "builtin"})  # the same, for machines
+
+    @property
+    def target_name(self) -> str:
+        """``module:Class`` whether or not the class has been imported yet."""
+        return self.target if isinstance(self.target, str) else f"{self.target.__module__}:{self.target.__qualname__}"
 
     def load_class(self) -> type:
         if isinstance(self.target, type):
@@ -59,9 +73,19 @@ class QuantizerEntry:
 
 
 _QUANTIZERS: dict[str, QuantizerEntry] = {}
+_UNAVAILABLE: dict[str, str] = {}  # name -> why (a plugin raised PluginUnavailable)
 _YAML_CACHE: dict[str, Any] | None = None
 _loaded = False
 _loaded_files: set[Path] = set()
+
+
+def reset_registry() -> None:
+    """Forget every registration; the next lookup reloads all sources (for tests)."""
+    global _loaded
+    _QUANTIZERS.clear()
+    _UNAVAILABLE.clear()
+    _loaded_files.clear()
+    _loaded = False
 
 
 def registry_document() -> dict[str, Any]:
@@ -75,16 +99,19 @@ def registry_document() -> dict[str, Any]:
 def _add(entry: QuantizerEntry) -> None:
     existing = _QUANTIZERS.get(entry.name)
     if existing is not None:
-        if existing.target is entry.target or existing.target == entry.target:
+        # The very same registration arriving twice (a module imported again) is harmless;
+        # the same class under other defaults is a different method and must not be shadowed.
+        if existing.target_name == entry.target_name and existing.defaults == entry.defaults:
             return
         raise UserError(
             f"quantizer name {entry.name!r} is registered twice: by {existing.source} "
-            f"and by {entry.source}; rename one of them"
+            f"({existing.target_name}) and by {entry.source} ({entry.target_name}); "
+            "rename one of them or remove one source"
         )
     _QUANTIZERS[entry.name] = entry
 
 
-def _entries_from_yaml(doc: dict[str, Any], source: str) -> list[QuantizerEntry]:
+def _entries_from_yaml(doc: dict[str, Any], source: str, origin: dict[str, Any]) -> list[QuantizerEntry]:
     entries = []
     for name, spec in (doc.get("quantizers") or {}).items():
         if not isinstance(spec, dict) or "class" not in spec:
@@ -92,7 +119,7 @@ def _entries_from_yaml(doc: dict[str, Any], source: str) -> list[QuantizerEntry]
         entries.append(QuantizerEntry(
             name=str(name), target=str(spec["class"]), defaults=dict(spec.get("defaults") or {}),
             citation=str(spec.get("citation", "")), table1_row=spec.get("table1_row"),
-            paper=dict(spec.get("paper") or {}), source=source,
+            paper=dict(spec.get("paper") or {}), source=source, origin=dict(origin),
         ))
     return entries
 
@@ -110,27 +137,58 @@ def add_registry_file(path: str | os.PathLike) -> None:
         raise UserError(f"registry file {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
     if not isinstance(doc, dict):
         raise UserError(f"registry file {path} must be a mapping with a 'quantizers:' key")
+    if not isinstance(doc.get("quantizers") or {}, dict):
+        raise UserError(f"registry file {path}: 'quantizers:' must map names to {{class: module:Class}}")
+    entries = _entries_from_yaml(doc, f"YAML file {path}", {"kind": "yaml", "path": str(path)})
     _ensure_loaded()
-    for entry in _entries_from_yaml(doc, f"YAML file {path}"):
-        _add(entry)
+    before = dict(_QUANTIZERS)
+    try:
+        for entry in entries:
+            _add(entry)
+    except UserError:
+        _QUANTIZERS.clear()
+        _QUANTIZERS.update(before)  # a file registers all of its entries or none
+        raise
     _loaded_files.add(path)
 
 
+def _entry_points() -> list[metadata.EntryPoint]:
+    """The installed ``vqbench.quantizers`` entry points (a seam tests replace)."""
+    return list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
 def _load_entry_points() -> None:
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+    """Import every ``vqbench.quantizers`` entry point; one warning per broken distribution."""
+    broken: dict[str, list[str]] = {}
+    for ep in _entry_points():
         dist = getattr(ep, "dist", None)
-        source = f"entry point {dist.name} {dist.version}" if dist else f"entry point {ep.value}"
+        origin = {"kind": "entry point", "entry_point": f"{ep.name} = {ep.value}"}
+        if dist is not None:
+            origin.update(distribution=dist.name, version=dist.version)
+            source = f"entry point {dist.name} {dist.version}"
+        else:
+            source = f"entry point {ep.value}"
         try:
             target = ep.load()
+        except PluginUnavailable as exc:  # an optional extra that is not installed
+            _UNAVAILABLE[ep.name] = str(exc)
+            continue
         except Exception as exc:  # a broken plugin must not break vqbench
-            warnings.warn(f"plugin {ep.name!r} ({source}) failed to load and is skipped: "
-                          f"{type(exc).__name__}: {exc}", PluginWarning, stacklevel=2)
+            message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            broken.setdefault(source, []).append(f"{ep.name} ({message})")
+            continue
+        if not (isinstance(target, type) and issubclass(target, Quantizer)):
+            broken.setdefault(source, []).append(f"{ep.name} ({ep.value} is not a Quantizer subclass)")
             continue
         existing = _QUANTIZERS.get(ep.name)
-        if existing is not None and existing.target is target:
-            existing.source = source  # the decorator ran on import; credit the distribution
+        if existing is not None and existing.target is target and existing.origin.get("kind") == "decorator":
+            existing.source, existing.origin = source, origin  # the decorator ran on import; credit the distribution
             continue
-        _add(QuantizerEntry(name=ep.name, target=target, citation=_first_doc_line(target), source=source))
+        _add(QuantizerEntry(name=ep.name, target=target, citation=_first_doc_line(target),
+                            source=source, origin=origin))
+    for source, failures in broken.items():
+        warnings.warn(f"plugin {source} failed to load and is skipped: {'; '.join(failures)}",
+                      PluginWarning, stacklevel=3)
 
 
 def _first_doc_line(obj: Any) -> str:
@@ -141,12 +199,16 @@ def _ensure_loaded() -> None:
     global _loaded
     if _loaded:
         return
-    _loaded = True
-    for entry in _entries_from_yaml(registry_document(), "builtin"):
-        _add(entry)
-    _load_entry_points()
-    for path in filter(None, os.environ.get(REGISTRY_ENV, "").split(os.pathsep)):
-        add_registry_file(path)
+    _loaded = True  # set first: plugin modules call register_quantizer while they import
+    try:
+        for entry in _entries_from_yaml(registry_document(), "builtin", {"kind": "builtin"}):
+            _add(entry)
+        _load_entry_points()
+        for path in filter(None, os.environ.get(REGISTRY_ENV, "").split(os.pathsep)):
+            add_registry_file(path)
+    except BaseException:
+        reset_registry()  # all or nothing: never serve a half-loaded registry
+        raise
 
 
 def register_quantizer(name: str, *, defaults: dict[str, Any] | None = None, citation: str = ""
@@ -157,7 +219,8 @@ def register_quantizer(name: str, *, defaults: dict[str, Any] | None = None, cit
             raise TypeError(f"@register_quantizer({name!r}) needs a Quantizer subclass, got {cls!r}")
         _ensure_loaded()
         _add(QuantizerEntry(name=name, target=cls, defaults=dict(defaults or {}),
-                            citation=citation or _first_doc_line(cls), source=f"decorator in {cls.__module__}"))
+                            citation=citation or _first_doc_line(cls), source=f"decorator in {cls.__module__}",
+                            origin={"kind": "decorator", "module": cls.__module__}))
         return cls
     return decorate
 
@@ -171,8 +234,16 @@ def list_quantizers(pattern: str = "*") -> list[str]:
 def get_quantizer_entry(name: str) -> QuantizerEntry:
     _ensure_loaded()
     if name not in _QUANTIZERS:
+        if name in _UNAVAILABLE:
+            raise UserError(f"quantizer {name!r} is not available: {_UNAVAILABLE[name]}")
         raise UserError(f"unknown quantizer {name!r}{suggest(name, _QUANTIZERS)}")
     return _QUANTIZERS[name]
+
+
+def unavailable_quantizers() -> dict[str, str]:
+    """Names whose plugin raised :class:`PluginUnavailable`, with the reason (what to install)."""
+    _ensure_loaded()
+    return dict(_UNAVAILABLE)
 
 
 def constructor_defaults(cls: type) -> dict[str, Any]:

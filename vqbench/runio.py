@@ -1,40 +1,113 @@
 """Run-folder I/O: atomic writes (temporary file, fsync, rename), so a killed run never
-leaves a half-written summary or checkpoint behind."""
+leaves a half-written summary or checkpoint behind; and the RNG states a checkpoint
+carries, so a resumed run draws exactly the numbers the uninterrupted one would have.
+"""
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .config import config_hash
 from .errors import UserError
 
+CHECKPOINT = "checkpoint.pt"
+SUMMARY = "summary.json"
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
 
-def write_json_atomic(path: Path, payload: Any) -> None:
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable: fsync the folder that holds it (POSIX; a no-op elsewhere)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, write, mode: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh, indent=2, default=str)
+    with open(tmp, mode) as fh:
+        write(fh)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    _write_atomic(path, lambda fh: json.dump(payload, fh, indent=2, default=str), "w")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    _write_atomic(path, lambda fh: fh.write(text), "w")
+
+
+def write_jsonl_atomic(path: Path, records: list[dict[str, Any]]) -> None:
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    _write_atomic(path, lambda fh: torch.save(state, fh), "wb")
+
+
+def load_checkpoint_file(path: Path) -> dict[str, Any]:
+    """A checkpoint's state on the CPU; a damaged or foreign file is a one-line UserError.
+
+    ``weights_only``: a checkpoint holds tensors and plain containers only, so loading a
+    file someone else put in the run folder cannot run code.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, KeyError, zipfile.BadZipFile,
+            pickle.UnpicklingError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"checkpoint {path} cannot be read ({reason[:160]}); it is damaged or not "
+                        "a vqbench checkpoint: delete it to start the run over") from exc
+    if not isinstance(state, dict) or "model" not in state or "step" not in state:
+        raise UserError(f"checkpoint {path} is not a vqbench checkpoint (no model/step); "
+                        "delete it to start the run over")
+    return state
+
+
+def run_dir_for(cfg: DictConfig) -> Path:
+    """``<out>/<name>``, the name defaulting to ``<quantizer>-<dataset>-<config hash>``, so
+    re-running a command finds (and resumes) its own run folder."""
+    name = cfg.name or f"{cfg.quantizer.name}-{cfg.data.name}-{config_hash(cfg)}"
+    return Path(cfg.out).expanduser() / name
+
+
+def check_run_dir_matches(run_dir: Path, cfg: DictConfig) -> None:
+    """A run folder may only be resumed by the configuration that made it."""
+    path = run_dir / CONFIG
+    if not path.is_file():
+        return
+    try:
+        theirs = config_hash(OmegaConf.load(path))
+    except Exception as exc:
+        raise UserError(f"{path} cannot be read ({type(exc).__name__}); the run folder is damaged: "
+                        "delete it or choose another name/out") from exc
+    if theirs != config_hash(cfg):
+        raise UserError(f"run folder {run_dir} holds a run of another configuration (hash {theirs}, "
+                        f"this one is {config_hash(cfg)}); choose another name= or out=, or delete it")
 
 
 def prepare_run_dir(cfg: DictConfig) -> Path:
-    name = cfg.name or f"{cfg.quantizer.name}-{cfg.data.name}-{config_hash(cfg)}"
-    run_dir = Path(cfg.out).expanduser() / name
+    run_dir = run_dir_for(cfg)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -43,3 +116,60 @@ def prepare_run_dir(cfg: DictConfig) -> Path:
     except OSError as exc:
         raise UserError(f"cannot write the run folder {run_dir}: {exc.strerror}; pass --out to a writable folder") from exc
     return run_dir
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The run's summary.json, or None where there is none (a damaged one: UserError)."""
+    path = run_dir / SUMMARY
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} cannot be read ({type(exc).__name__}); delete the run folder to train again") from exc
+    if not isinstance(summary, dict) or "status" not in summary:
+        raise UserError(f"{path} is not a vqbench summary (no status); delete the run folder to train again")
+    return summary
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / METRICS
+    if not path.is_file():
+        return []
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} cannot be read ({type(exc).__name__}); delete the run folder to train again") from exc
+
+
+# --- random number generator states ----------------------------------------------------
+def rng_state(generator: torch.Generator, cuda: bool) -> dict[str, Any]:
+    """Every RNG a run draws from: torch's global one (Gumbel/replacement noise), CUDA's,
+    numpy's, Python's, and the run's own generator (data order, k-means).
+
+    Plain tensors and lists only, so the checkpoint loads under ``weights_only``.
+    """
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "generator": generator.get_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+    }
+    if cuda:
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator, cuda: bool) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+    if cuda and "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])

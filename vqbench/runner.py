@@ -31,11 +31,22 @@ from .data import ImageData, load_dataset
 from .errors import UserError
 from .registry import build_quantizer, registry_document
 from .models import ConvAutoencoder
-from .runio import prepare_run_dir, save_checkpoint, write_json_atomic
+from .runio import (CHECKPOINT, CONFIG, METRICS, SUMMARY, check_run_dir_matches, load_checkpoint_file,
+                    prepare_run_dir, read_metrics, read_summary, rng_state, run_dir_for, save_checkpoint,
+                    set_rng_state, write_json_atomic, write_jsonl_atomic, write_text_atomic)
+
+# Finiteness is checked every this many steps (one host sync), at every checkpoint and epoch end.
+CHECK_EVERY = 10
 
 
 class DivergenceError(RuntimeError):
-    """The loss became non-finite; the run stops and is marked failed."""
+    """The loss became non-finite; the run stops, keeps its last good checkpoint and is
+    marked ``status: failed`` in its summary (``summary`` holds it once ``fit`` wrote it)."""
+
+    def __init__(self, message: str, step: int | None = None, loss: float | None = None,
+                 terms: list[str] | None = None, summary: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.step, self.loss, self.terms, self.summary = step, loss, list(terms or []), summary
 
 
 @dataclass
@@ -103,12 +114,17 @@ def to_float_images(batch_u8: Tensor, channels_last: bool) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def kmeans_image_count(model: ConvAutoencoder, shape: torch.Size, count: int) -> tuple[int, int]:
+    """(images drawn, latent vectors per image) for ``count`` k-means samples."""
+    per_image = (shape[-1] // model.downsample) * (shape[-2] // model.downsample)
+    return min(shape[0], max(1, math.ceil(count / per_image))), per_image
+
+
 @torch.no_grad()
 def collect_latents(model: ConvAutoencoder, images: Tensor, count: int, generator: torch.Generator,
                     batch_size: int, channels_last: bool) -> Tensor:
     """About ``count`` encoder output vectors from random training images, (N, D)."""
-    per_image = (images.shape[-1] // model.downsample) * (images.shape[-2] // model.downsample)
-    n_images = min(len(images), max(1, math.ceil(count / per_image)))
+    n_images, _ = kmeans_image_count(model, images.shape, count)
     order = torch.randperm(len(images), generator=generator)[:n_images].to(images.device)
     chunks = []
     for start in range(0, n_images, batch_size):
@@ -132,7 +148,9 @@ def evaluate(model: ConvAutoencoder, images: Tensor, batch_size: int, channels_l
         x = to_float_images(images[start:start + batch_size], channels_last)
         with autocast() if autocast else torch.autocast(x.device.type, enabled=False):
             x_hat, out = model(x)
-        sse += (x_hat.float() - x).pow(2).sum(dtype=torch.float64)
+        # Per-image sums, then a short float64 sum: a fixed reduction order, so the same
+        # seed gives bit-identical metrics (one big multi-threaded sum does not).
+        sse += (x_hat.float() - x).pow(2).flatten(1).sum(1).double().sum()
         batch_counts = Fq.code_histogram(out.indices, num_codes)
         counts += batch_counts
         # The paper's perplexity uses q(c|x) where the method has one; else the hard codes.
@@ -167,7 +185,7 @@ class Trainer:
 
     def __init__(self, cfg: DictConfig, data: ImageData | None = None,
                  log: Callable[[str], None] | None = None,
-                 on_epoch: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_epoch: Callable[[dict[str, Any]], None] | None = None, resume: bool = False) -> None:
         self.cfg = cfg
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.on_epoch = on_epoch
@@ -175,10 +193,13 @@ class Trainer:
         self.device = self.dist.device
         if not self.dist.is_main:
             self.log = lambda line: None
+        if self.device.type == "cpu":
+            # Some CPU kernels (index_add_/index_put_ accumulation) split work across
+            # threads in a run-dependent order; the deterministic ones make a seed a result.
+            torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(cfg.seed)
         self.data = data or self.dist.main_first(load_dataset, cfg.data)
         _check_shapes(cfg, self.data)
-        self.run_dir = self.dist.call_on_main(prepare_run_dir, cfg)
 
         self.use_cuda = self.device.type == "cuda"
         self.channels_last = bool(cfg.train.channels_last and self.use_cuda)
@@ -207,6 +228,29 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.train_seconds = 0.0
         self.images_seen = 0
+        self.resumed_from: list[int] = []
+        self.resume_point: dict[str, Any] | None = None  # mid-epoch position restored from a checkpoint
+        self.epoch_position: dict[str, Any] | None = None  # the running epoch's, for checkpoints
+        self.last_checkpoint_step: int | None = None
+        # Everything a user can get wrong is checked above and here, before the run folder exists.
+        self._check_kmeans_samples()
+        run_dir = run_dir_for(cfg)
+        check_run_dir_matches(run_dir, cfg)
+        if resume and not (run_dir / CONFIG).is_file():
+            raise UserError(f"nothing to resume: {run_dir} holds no run; drop --resume to start it")
+        self.run_dir = self.dist.call_on_main(prepare_run_dir, cfg)
+
+    def _check_kmeans_samples(self) -> None:
+        if not self.cfg.train.kmeans_init:
+            return
+        num_codes = self.model.quantizer.num_codes
+        n_images, per_image = kmeans_image_count(self.model, self.train_images.shape, self.cfg.train.kmeans_samples)
+        if n_images * per_image < num_codes:
+            raise UserError(
+                f"k-means needs at least {num_codes} encoder outputs (one per code) but gets {n_images * per_image} "
+                f"({n_images} training image{'s' * (n_images != 1)} x {per_image} latents, train.kmeans_samples="
+                f"{self.cfg.train.kmeans_samples}); lower quantizer.num_codes, raise train.kmeans_samples, "
+                "use more images, or set train.kmeans_init=false")
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
@@ -246,22 +290,46 @@ class Trainer:
         model.quantizer.after_optimizer_step()
         return loss.detach(), (x_hat.detach() - x).pow(2).mean(), out.terms
 
-    def check_finite(self, loss: Tensor, terms: dict[str, Tensor]) -> None:
-        if not math.isfinite(float(self.dist.all_sum(loss))):  # every rank stops, or none
-            bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
-            raise DivergenceError(f"loss became {float(loss)} at step {self.step}"
-                                  + (f" (non-finite terms: {', '.join(bad)})" if bad else ""))
+    def check_finite(self, window: list[tuple[int, Tensor, dict[str, Tensor]]]) -> None:
+        """Raise DivergenceError naming the first step in ``window`` whose loss is non-finite.
+
+        ``window`` holds references to the (step, loss, terms) of the steps since the last
+        check, so finding the exact step costs one host sync per check, not one per step.
+        """
+        if not window:
+            return
+        # Summed over ranks first: a NaN on one rank stops every rank at the same step.
+        finite = torch.isfinite(self.dist.all_sum(torch.stack([loss.float() for _, loss, _ in window])))
+        if not bool(finite.all()):
+            step, loss, terms = window[int((~finite).nonzero()[0])]
+            bad = [k for k, v in terms.items() if not bool(torch.isfinite(v).all())]
+            raise DivergenceError(f"loss became {float(loss)} at step {step}"
+                                  + (f" (non-finite terms: {', '.join(bad)})" if bad else " (all loss terms finite)"),
+                                  step=step, loss=float(loss), terms=bad)
+        window.clear()
 
     def run_epoch(self, bar) -> dict[str, Any]:
-        """Train one epoch (or until total_steps), evaluate, and return its metrics record."""
+        """Train one epoch (or until total_steps), evaluate, and return its metrics record.
+
+        Continues a checkpointed epoch where ``resume_point`` says (same permutation, next
+        batch, same running sums); writes a checkpoint every ``train.checkpoint_every`` steps.
+        """
         self.model.train()
-        order = torch.randperm(len(self.train_images), generator=self.generator).to(self.device)
-        order = self.dist.shard_order(order, self.batch_size)
-        loss_sum = torch.zeros((), device=self.device)
-        mse_sum = torch.zeros((), device=self.device)
-        steps, terms, loss = 0, {}, loss_sum
+        resumed, self.resume_point = self.resume_point, None
+        if resumed is None:
+            order = torch.randperm(len(self.train_images), generator=self.generator).to(self.device)
+            first, seconds_before = 0, 0.0
+            loss_sum = torch.zeros((), device=self.device)
+            mse_sum = torch.zeros((), device=self.device)
+        else:
+            order, first, seconds_before = resumed["order"].to(self.device), resumed["batch"], resumed["seconds"]
+            loss_sum, mse_sum = resumed["loss_sum"].to(self.device), resumed["mse_sum"].to(self.device)
+        full_order, order = order, self.dist.shard_order(order, self.batch_size)  # checkpoints keep the full one
+        every = self.cfg.train.checkpoint_every
+        steps, terms, loss = first, {}, loss_sum
+        window: list[tuple[int, Tensor, dict[str, Tensor]]] = []
         t0 = time.perf_counter()
-        for b in range(self.steps_per_epoch):
+        for b in range(first, self.steps_per_epoch):
             if self.step >= self.total_steps:
                 break
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
@@ -271,14 +339,23 @@ class Trainer:
             mse_sum += mse
             steps += 1
             self.step += 1
-            if self.step % 10 == 0 or self.step == self.total_steps:
-                self.check_finite(loss, terms)  # one host sync per 10 steps, not per step
+            window.append((self.step, loss, terms))
+            if self.step % CHECK_EVERY == 0 or self.step == self.total_steps:
+                self.check_finite(window)
                 bar.set_postfix(epoch=self.epoch + 1, loss=f"{float(loss):.4f}")
+            # Mid-epoch checkpoint; the epoch's last step is covered by the epoch-end one.
+            if every and self.step % every == 0 and b + 1 < self.steps_per_epoch and self.step < self.total_steps:
+                self.check_finite(window)  # never checkpoint a diverged state
+                self.epoch_position = {"order": full_order.cpu(), "batch": b + 1, "loss_sum": loss_sum.cpu(),
+                                       "mse_sum": mse_sum.cpu(),
+                                       "seconds": seconds_before + time.perf_counter() - t0}
+                self.write_checkpoint()
             bar.update(1)
         if self.use_cuda:
             torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
-        self.check_finite(loss_sum, terms)
+        seconds = seconds_before + time.perf_counter() - t0
+        self.check_finite(window)
+        self.epoch_position = None
         self.train_seconds += seconds
         self.images_seen += steps * self.batch_size
         self.epoch += 1
@@ -294,9 +371,42 @@ class Trainer:
                         self.channels_last, self.autocast)
 
     def checkpoint_state(self) -> dict[str, Any]:
+        """All a resumed run needs to continue bit for bit: weights and quantizer buffers
+        (codebook, usage counters, τ), optimiser, scheduler, every RNG, the data-order
+        position, counters and history. Tensors and plain containers only (``weights_only``)."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "step": self.step,
-                "history": self.history, "config": OmegaConf.to_container(self.cfg)}
+                "history": self.history, "config": OmegaConf.to_container(self.cfg),
+                "config_hash": config_hash(self.cfg), "rng": rng_state(self.generator, self.use_cuda),
+                "epoch_position": self.epoch_position, "train_seconds": self.train_seconds,
+                "images_seen": self.images_seen, "resumed_from": self.resumed_from}
+
+    def write_checkpoint(self) -> None:
+        # Rank 0 writes; every rank returns once the file is complete, so all resume from it.
+        self.dist.call_on_main(save_checkpoint, self.run_dir / CHECKPOINT, self.checkpoint_state())
+        self.last_checkpoint_step = self.step
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Restore what ``checkpoint_state`` saved; the next ``run_epoch`` continues from it."""
+        state = load_checkpoint_file(path)
+        if state.get("config_hash") != config_hash(self.cfg):
+            raise UserError(f"checkpoint {path} belongs to another configuration (hash {state.get('config_hash')}, "
+                            f"this one is {config_hash(self.cfg)}); delete it or choose another name= or out=")
+        if self.optimizer is None:
+            self.setup_optimization()
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"], self.generator, self.use_cuda)
+            self.epoch, self.step, self.history = int(state["epoch"]), int(state["step"]), list(state["history"])
+            self.train_seconds, self.images_seen = float(state["train_seconds"]), int(state["images_seen"])
+            self.resumed_from = [*state["resumed_from"], self.step]
+            self.resume_point = state["epoch_position"]
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise UserError(f"checkpoint {path} does not fit this run ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:160]}); delete it to start the run over") from exc
+        self.last_checkpoint_step = self.step
 
     def summary(self) -> dict[str, Any]:
         cfg, final = self.cfg, self.history[-1]
@@ -306,7 +416,7 @@ class Trainer:
             "model": cfg.model.name, "seed": cfg.seed, "epochs": self.epoch, "steps": self.step,
             "mse": final["mse"], "perplexity": final["perplexity"],
             "code_perplexity": final["code_perplexity"], "codes_used": final["codes_used"],
-            "num_codes": cfg.quantizer.num_codes,
+            "num_codes": self.model.quantizer.num_codes,
             "mean_image_mse": mean_image_mse(self.data.train, self.data.test),
             "images_per_s": self.images_seen * self.dist.world_size / max(self.train_seconds, 1e-9),
             "train_seconds": self.train_seconds,
@@ -314,41 +424,96 @@ class Trainer:
             "wall_s": time.perf_counter() - self.started, "device": self.device.type,
             "world_size": self.dist.world_size,
             "device_name": torch.cuda.get_device_name(self.device) if self.use_cuda else "cpu",
-            "torch": torch.__version__, "vqbench": __version__,
+            "torch": torch.__version__, "vqbench": __version__, "resumed_from": self.resumed_from,
+        }
+
+    def failed_summary(self, exc: DivergenceError) -> dict[str, Any]:
+        """``status: failed`` with no metrics, so no table or sweep can read it as a score."""
+        cfg = self.cfg
+        return {
+            "status": "failed", "error": str(exc), "failed_step": exc.step, "nonfinite_terms": exc.terms,
+            "last_checkpoint_step": self.last_checkpoint_step, "run_id": self.run_dir.name,
+            "run_dir": str(self.run_dir), "config_hash": config_hash(cfg), "quantizer": cfg.quantizer.name,
+            "dataset": cfg.data.name, "model": cfg.model.name, "seed": cfg.seed, "epochs": self.epoch,
+            "steps": self.step, "num_codes": cfg.quantizer.num_codes, "device": self.device.type,
+            "torch": torch.__version__, "vqbench": __version__, "resumed_from": self.resumed_from,
         }
 
     def fit(self) -> RunResult:
+        """Train to the end, resuming from the run folder's checkpoint where there is one.
+
+        A finished run is not retrained (its summary is returned); a failed one is not
+        retried. On resume ``on_epoch`` first sees the restored epochs' records, so a
+        callback (a sweep trial reporting to Optuna) sees every epoch once per call.
+        """
         self.started = time.perf_counter()
-        self.dist.call_on_main(OmegaConf.save, self.cfg, self.run_dir / "config.yaml")
-        if self.cfg.train.kmeans_init:
-            self.init_codebook()
-        self.setup_optimization()
-        metrics_path = self.run_dir / "metrics.jsonl"
-        self.dist.call_on_main(metrics_path.write_text, "")
-        bar = _progress(self.total_steps, self.cfg.quantizer.name)
-        while self.epoch < self.epochs:
-            record = self.dist.sync_record(self.run_epoch(bar))  # identical on every rank
-            self.history.append(record)
-            if self.dist.is_main:
-                with open(metrics_path, "a") as fh:
-                    fh.write(json.dumps(record) + "\n")
+        name, metrics_path = self.run_dir.name, self.run_dir / METRICS
+        previous = read_summary(self.run_dir)
+        if previous is not None and previous["status"] == "finished":
+            self.log(f"run {name} already finished ({previous.get('steps')} steps); not retraining "
+                     f"(delete {self.run_dir} to train it again)")
+            return RunResult(run_dir=self.run_dir, summary=previous, history=read_metrics(self.run_dir))
+        if previous is not None:
+            raise DivergenceError(f"run {name} already failed: {previous.get('error')}; not retrying the same "
+                                  f"configuration (change it, e.g. lower train.lr, or delete {self.run_dir})",
+                                  step=previous.get("failed_step"), terms=previous.get("nonfinite_terms"),
+                                  summary=previous)
+        if (self.run_dir / CHECKPOINT).is_file():
+            self.load_checkpoint(self.run_dir / CHECKPOINT)
+            self.dist.call_on_main(write_jsonl_atomic, metrics_path, self.history)  # drop records written after the checkpoint
+            where = f", batch {self.resume_point['batch']} of epoch {self.epoch + 1}" if self.resume_point else ""
+            self.log(f"resuming {name} from step {self.step}/{self.total_steps}{where}")
             if self.on_epoch is not None:
-                self.dist.call_on_main(self.on_epoch, record)  # a prune stops every rank
-            self.log(f"epoch {self.epoch}/{self.epochs}  step {self.step}  loss {record['train_loss']:.5f}  "
-                     f"test mse {record['mse']:.5f}  perplexity {record['perplexity']:.1f}  "
-                     f"codes {record['codes_used']}  {record['images_per_s']:.0f} img/s")
-            # Rank 0 writes; every rank returns once the file is complete (resume loads it).
-            self.dist.call_on_main(save_checkpoint, self.run_dir / "checkpoint.pt", self.checkpoint_state())
+                for record in self.history:
+                    self.dist.call_on_main(self.on_epoch, record)
+        else:
+            self.dist.call_on_main(write_text_atomic, self.run_dir / CONFIG, OmegaConf.to_yaml(self.cfg))
+            if self.cfg.train.kmeans_init:
+                self.init_codebook()
+            self.setup_optimization()
+            self.dist.call_on_main(write_text_atomic, metrics_path, "")
+        bar = _progress(self.total_steps, self.cfg.quantizer.name)
+        bar.update(self.step)
+        try:
+            while self.epoch < self.epochs:
+                record = self.dist.sync_record(self.run_epoch(bar))  # identical on every rank
+                self.history.append(record)
+                self.write_checkpoint()
+                if self.dist.is_main:
+                    with open(metrics_path, "a") as fh:
+                        fh.write(json.dumps(record) + "\n")
+                if self.on_epoch is not None:
+                    self.dist.call_on_main(self.on_epoch, record)  # a prune stops every rank
+                self.log(f"epoch {self.epoch}/{self.epochs}  step {self.step}  loss {record['train_loss']:.5f}  "
+                         f"test mse {record['mse']:.5f}  perplexity {record['perplexity']:.1f}  "
+                         f"codes {record['codes_used']}  {record['images_per_s']:.0f} img/s")
+        except DivergenceError as exc:
+            bar.close()
+            summary = self.failed_summary(exc)
+            self.dist.call_on_main(write_json_atomic, self.run_dir / SUMMARY, summary)
+            kept = (f"kept the last good checkpoint (step {self.last_checkpoint_step})"
+                    if self.last_checkpoint_step is not None else "no checkpoint had been written")
+            raise DivergenceError(f"{exc}; {kept}; run marked failed in {self.run_dir / SUMMARY}",
+                                  step=exc.step, loss=exc.loss, terms=exc.terms, summary=summary) from exc
         bar.close()
         summary = self.summary()
-        self.dist.call_on_main(write_json_atomic, self.run_dir / "summary.json", summary)
+        self.dist.call_on_main(write_json_atomic, self.run_dir / SUMMARY, summary)
+        if self.cfg.get("results"):  # one tidy row per finished run (vqbench table / results)
+            from .results import append_row
+
+            self.dist.call_on_main(append_row, self.cfg.results, self.cfg, summary)
         return RunResult(run_dir=self.run_dir, summary=summary, history=self.history)
 
 
 def fit(config: DictConfig | dict | None = None, *, data: ImageData | None = None,
         log: Callable[[str], None] | None = None,
-        on_epoch: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
+        on_epoch: Callable[[dict[str, Any]], None] | None = None, resume: bool = False) -> RunResult:
     """Train one run; returns its summary and per-epoch history and writes its run folder.
+
+    Re-running a configuration continues its run folder (named by the config hash) from
+    the last checkpoint; a finished run is returned, not retrained. ``resume=True`` also
+    insists that the run folder exists. A non-finite loss raises :class:`DivergenceError`
+    after marking the run ``status: failed``.
 
     ``config`` may be a resolved DictConfig or a plain dict (resolved here, like the CLI).
     ``on_epoch(record)`` sees each epoch's metrics (a sweep reports them to Optuna; raising
@@ -357,7 +522,7 @@ def fit(config: DictConfig | dict | None = None, *, data: ImageData | None = Non
     resolved = isinstance(config, DictConfig) and "num_codes" in config.get("quantizer", {})
     cfg = config if resolved else resolve_config(base=config or {})
     try:
-        return Trainer(cfg, data=data, log=log, on_epoch=on_epoch).fit()
+        return Trainer(cfg, data=data, log=log, on_epoch=on_epoch, resume=resume).fit()
     finally:
         distributed.shutdown()  # the process group, if this run created it (torchrun)
 

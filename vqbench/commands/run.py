@@ -14,6 +14,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="default: auto (CUDA when present)")
     p.add_argument("--config", default=None, help="a YAML run configuration to start from")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line last")
+    p.add_argument("--resume", action="store_true",
+                   help="continue this command's run folder from its last checkpoint, and fail if there is "
+                        "none (re-running a command resumes anyway; a finished run is not retrained)")
     p.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="train with DistributedDataParallel on N local processes (one per GPU; gloo on CPU) "
                         "by launching torchrun; train.batch_size stays the global batch")
@@ -28,7 +31,8 @@ def _argv_without_nproc(args) -> list[str]:
     for flag in ("model", "out", "device", "config"):
         if getattr(args, flag) is not None:
             argv += [f"--{flag}", str(getattr(args, flag))]
-    return argv + ["--json"] * bool(args.json) + list(args.overrides)
+    argv += ["--json"] * bool(args.json) + ["--resume"] * bool(args.resume)
+    return argv + list(args.overrides)
 
 
 def _check_launch(nproc: int, cfg) -> None:
@@ -69,8 +73,10 @@ def handle(args) -> int:
             _check_launch(args.nproc, cfg)
             return launch(args.nproc, _argv_without_nproc(args))
     try:
-        result = fit(cfg)
+        result = fit(cfg, resume=args.resume)
     except DivergenceError as exc:
+        if args.debug:
+            raise
         print(f"vqbench: run failed: {exc}", file=sys.stderr)
         return 1
     if env_rank() != 0:

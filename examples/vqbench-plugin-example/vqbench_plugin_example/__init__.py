@@ -1,0 +1,4 @@
+"""An example vqbench plugin: one quantizer, registered through an entry point."""
+from .factorized import FactorizedVQ
+
+__all__ = ["FactorizedVQ"]
