@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import distributed as Fd
+
 
 def squared_distances(x: Tensor, codebook: Tensor) -> Tensor:
     """‖x_n − μ_c‖² for x (N, L) and codebook (C, L), as (N, C), clamped at 0.
@@ -63,9 +65,20 @@ def gumbel_softmax_st(
     return hard + (y - y.detach()), indices, y
 
 
-def aggregated_posterior(probs: Tensor) -> Tensor:
-    """q^B(c) = mean of q(c|x) over every latent vector of the batch (eq. 12), shape (C,)."""
-    return probs.reshape(-1, probs.shape[-1]).mean(0)
+def aggregated_posterior(probs: Tensor, global_batch: bool = False) -> Tensor:
+    """q^B(c) = mean of q(c|x) over every latent vector of the batch (eq. 12), shape (C,).
+
+    ``global_batch=True`` under DDP: B is the union of every rank's batch (one all-reduce of
+    C + 1 numbers that keeps autograd, see :func:`distributed.all_reduce_sum_autograd`), so
+    q^B, the KL term and its gradient equal one process's on the global batch. It is a
+    collective: call it on every rank (training forwards are). Single process: the mean.
+    """
+    flat = probs.reshape(-1, probs.shape[-1])
+    if not (global_batch and Fd.is_distributed()):
+        return flat.mean(0)
+    count = torch.full((1,), float(flat.shape[0]), dtype=flat.dtype, device=flat.device)
+    summed = Fd.all_reduce_sum_autograd(torch.cat([flat.sum(0), count]))
+    return summed[:-1] / summed[-1]
 
 
 def entropy(p: Tensor, dim: int = -1) -> Tensor:
@@ -78,6 +91,13 @@ def entropy(p: Tensor, dim: int = -1) -> Tensor:
     positive = p > 0
     safe = torch.where(positive, p, torch.ones_like(p))
     return -torch.where(positive, p * torch.log(safe), torch.zeros_like(p)).sum(dim)
+
+
+def exponential_schedule(start: float, end: float, fraction: float) -> float:
+    """start · (end/start)^f for training progress f clamped to [0, 1] (MATH.md choice 4:
+    the Gumbel temperature anneals 2.0 → 0.1 exponentially; the paper gives only endpoints)."""
+    f = min(max(float(fraction), 0.0), 1.0)
+    return start * (end / start) ** f
 
 
 def kl_to_uniform(q: Tensor) -> Tensor:
@@ -115,7 +135,18 @@ def kmeans(
 
     Starts from distinct random samples (with replacement only when N < C); an empty
     cluster is re-seeded from a random sample so every centroid stays a data point's mean.
+
+    Under DDP it is a collective: rank 0 clusters its own samples and broadcasts the
+    centroids, so every rank starts from the same codebook (per-rank k-means differs with
+    the data and, on GPUs, with atomic-add order). Other ranks do not touch ``generator``.
     """
+    if Fd.is_distributed():
+        out = torch.empty(num_codes, samples.shape[1], dtype=samples.dtype, device=samples.device)
+        return Fd.on_rank0_then_broadcast(lambda: _lloyd(samples, num_codes, iters, generator), out)
+    return _lloyd(samples, num_codes, iters, generator)
+
+
+def _lloyd(samples: Tensor, num_codes: int, iters: int, generator: torch.Generator | None) -> Tensor:
     n = samples.shape[0]
     if n == 0:
         raise ValueError("k-means needs at least one sample")

@@ -15,7 +15,10 @@ silent follow ``shared/MATH.md`` and are constructor options:
   a float fixes s instead. The head starts at softplus(r̂) = 1. This is a constant
   reparameterisation of eq. 15, data-dependent like ActNorm's initialisation.
 - eq. 16/17: l_c = −½ Σ_i ŵ_i (ẑ_i − μ_{c,i})², π = softmax(l), computed by log_softmax.
-- eq. 12: q^B(c) = mean of π over every latent vector of the batch (all B·H·W).
+- eq. 12: q^B(c) = mean of π over every latent vector of the batch (all B·H·W). Under DDP
+  ``aggregate="global"`` (default) takes B = every rank's batch (an all-reduce that keeps
+  autograd), so KL(q^B‖U) is that of one process on the global batch; ``"local"`` uses the
+  rank's batch, a smaller-batch estimate whose KL is larger (Jensen). docs/distributed.md.
 - eq. 18: σ_c² = (‖ẑ − μ_c‖² + eps) / (2 σ² L) with its own ``sigma2`` (not tied to β, so
   "+ Entropy" raising β does not change the noise); eps (default 1e-8) is a variance floor
   that keeps ∂σ_c/∂ẑ finite at ẑ = μ_c (√(d² + eps)); ``eps=0`` is eq. 18 exactly.
@@ -51,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import distributed as Fd
 from . import functional as Fq
 from .base import Quantizer, QuantizerOutput, check_positive
 
@@ -76,6 +80,7 @@ class GMVQ(Quantizer):
         weight_head: bool = True,
         precision_init: str | float = "auto",
         eps: float = 1e-8,
+        aggregate: str = "global",
     ) -> None:
         super().__init__(num_codes, dim)
         for name, value in (("gamma", gamma), ("beta", beta), ("eps", eps)):
@@ -92,6 +97,9 @@ class GMVQ(Quantizer):
         if precision_init != "auto":
             check_positive("precision_init", precision_init)
         self.latreg, self.objective, self.eps = latreg, objective, float(eps)
+        if aggregate not in ("global", "local"):
+            raise ValueError(f"aggregate must be global or local, got {aggregate!r}")
+        self.aggregate = aggregate
         self.precision_init = precision_init
         self.tau_start, self.tau_end = float(tau_start), float(tau_end)
         self.embedding = nn.Parameter(torch.randn(self.num_codes, self.dim) / self.dim**0.5)
@@ -114,6 +122,7 @@ class GMVQ(Quantizer):
     def calibrate_precision(self, z: Tensor) -> None:
         """s = L / mean_n min_c ‖ẑ_n − μ_c‖² (see the module docstring)."""
         nearest = Fq.squared_distances(z.float(), self.codebook.float()).min(-1).values.mean()
+        nearest = Fd.all_reduce_sum_(nearest.reshape(1)).squeeze(0) / Fd.world_size()  # one s on every rank
         self.precision_scale.fill_(float(self.dim / nearest.clamp_min(1e-12)))
         self.calibrated.fill_(True)
 
@@ -123,8 +132,7 @@ class GMVQ(Quantizer):
             self.calibrate_precision(samples)
 
     def set_progress(self, fraction: float) -> None:
-        f = min(max(float(fraction), 0.0), 1.0)
-        self.tau.fill_(self.tau_start * (self.tau_end / self.tau_start) ** f)
+        self.tau.fill_(Fq.exponential_schedule(self.tau_start, self.tau_end, fraction))
 
     def precision_weights(self, z: Tensor) -> Tensor:
         """ŵ = softplus(r̂(ẑ)) (eq. 15), shape (N, L)."""
@@ -201,7 +209,8 @@ class GMVQ(Quantizer):
             self.calibrate_precision(zw.detach())
         log_pi = self.log_posterior(zw)
         probs = log_pi.exp()
-        return zw, log_pi, probs, Fq.aggregated_posterior(probs)
+        global_batch = self.training and self.aggregate == "global"
+        return zw, log_pi, probs, Fq.aggregated_posterior(probs, global_batch=global_batch)
 
     def _entropy_term(self, zw: Tensor, probs: Tensor) -> Tensor:
         variances = self.component_variance(Fq.squared_distances(zw, self.codebook.to(zw.dtype)))

@@ -30,6 +30,11 @@ variant so the rows of Table 1 differ only in the option under test). Options:
 
 Replacement and the inner step write the effective codebook through one helper that inverts
 the affine map, so ``l2``/``affine``/``alternating``/``replace`` compose freely.
+
+Under DDP (``quantizers.distributed``) the codebook stays bitwise identical on every rank:
+a code counts as used when any rank used it (a max-reduced mask), replacement vectors are
+drawn once on rank 0 from its batch and broadcast, and the inner step uses the all-reduced
+per-code sums and counts, i.e. the global batch's means.
 Both read the latest training batch the forward cached (with gradient accumulation: only the
 last micro-batch, our choice). The task optimiser's state for a replaced row is not reset.
 """
@@ -39,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import distributed as Fd
 from . import functional as Fq
 from .base import Quantizer, QuantizerOutput, check_positive
 
@@ -80,6 +86,8 @@ class VectorQuantizer(Quantizer):
             self.affine_scale = self.affine_shift = None
         if self.replace_window is not None:
             self.register_buffer("steps_unused", torch.zeros(self.num_codes, dtype=torch.long))
+            # Codes used since the last optimiser step on this rank; reduced over ranks there.
+            self.register_buffer("_used", torch.zeros(self.num_codes, dtype=torch.uint8), persistent=False)
         self._last_batch: tuple[Tensor, Tensor] | None = None  # (compared vectors, indices)
 
     # --- the effective codebook -----------------------------------------------------
@@ -123,7 +131,7 @@ class VectorQuantizer(Quantizer):
         if self.training and (self.alternating or self.replace_window is not None):
             self._last_batch = (z_cmp.detach(), indices.detach())
             if self.replace_window is not None:
-                self.steps_unused[indices.unique()] = 0
+                self._used[indices] = 1
         return QuantizerOutput(
             z_q=z_q.to(z.dtype),
             loss=loss,
@@ -161,8 +169,11 @@ class VectorQuantizer(Quantizer):
     @torch.no_grad()
     def _inner_step(self, z: Tensor, indices: Tensor) -> None:
         """One SGD step of the codebook's own objective (Huh et al. 2023 §5.2)."""
-        sums = torch.zeros(self.num_codes, self.dim, dtype=z.dtype, device=z.device).index_add_(0, indices, z)
-        counts = torch.bincount(indices, minlength=self.num_codes)
+        sums = torch.zeros(self.num_codes, self.dim + 1, dtype=z.dtype, device=z.device)
+        sums[:, :-1].index_add_(0, indices, z)
+        sums[:, -1] = torch.bincount(indices, minlength=self.num_codes).to(z.dtype)
+        Fd.all_reduce_sum_(sums)  # one collective: the global batch's per-code sums and counts
+        sums, counts = sums[:, :-1], sums[:, -1]
         used = (counts > 0).nonzero().squeeze(1)
         grad = self.embedding.grad  # only ν × the task gradient (sync) lands here under OPT
         if used.numel():
@@ -176,12 +187,22 @@ class VectorQuantizer(Quantizer):
     @torch.no_grad()
     def _replace_dead_codes(self, z: Tensor) -> None:
         """Re-initialise codes unused for ``replace_window`` steps from recent outputs."""
+        used = Fd.all_reduce_max_(self._used).bool()  # the same mask, so the same timers, everywhere
+        self.steps_unused[used] = 0
+        self._used.zero_()
         self.steps_unused += 1
         dead = (self.steps_unused >= self.replace_window).nonzero().squeeze(1)
-        if dead.numel() == 0 or z.shape[0] == 0:
+        if dead.numel() == 0:
             return
-        pick = torch.randint(z.shape[0], (dead.numel(),), device=z.device)
-        noise = torch.randn(dead.numel(), self.dim, dtype=z.dtype, device=z.device)
-        rms = z.pow(2).mean().sqrt()
-        self._write_effective(dead, z[pick] + self.replace_noise * rms * noise)
+
+        def draw() -> Tensor:  # rank 0 draws, every rank writes the same rows
+            if z.shape[0] == 0:
+                return self._affine(self.embedding)[dead].to(z.dtype)
+            pick = torch.randint(z.shape[0], (dead.numel(),), device=z.device)
+            noise = torch.randn(dead.numel(), self.dim, dtype=z.dtype, device=z.device)
+            rms = z.pow(2).mean().sqrt()
+            return z[pick] + self.replace_noise * rms * noise
+
+        values = Fd.on_rank0_then_broadcast(draw, torch.empty(dead.numel(), self.dim, dtype=z.dtype, device=z.device))
+        self._write_effective(dead, values)
         self.steps_unused[dead] = 0

@@ -36,7 +36,7 @@ def test_every_table1_method_is_registered_with_citation_and_paper_numbers():
 
 
 def test_list_quantizers_wildcard():
-    assert list_quantizers("gmvq*")[:2] == ["gmvq", "gmvq-entropy"]
+    assert set(list_quantizers("gmvq*")) == {"gmvq", "gmvq-bound", "gmvq-entropy"}
     assert set(list_quantizers("vqvae-l2*")) == {"vqvae-l2", "vqvae-l2-replace"}
 
 

@@ -25,6 +25,7 @@ from torch import Tensor
 import quantizers.functional as Fq
 
 from . import __version__
+from . import distributed
 from .config import config_hash, resolve_config
 from .data import ImageData, load_dataset
 from .errors import UserError
@@ -188,13 +189,16 @@ class Trainer:
         self.cfg = cfg
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.on_epoch = on_epoch
-        self.device = resolve_device(cfg.device)
+        self.dist = distributed.setup(resolve_device(cfg.device))  # torchrun: rank, world, device
+        self.device = self.dist.device
+        if not self.dist.is_main:
+            self.log = lambda line: None
         if self.device.type == "cpu":
             # Some CPU kernels (index_add_/index_put_ accumulation) split work across
             # threads in a run-dependent order; the deterministic ones make a seed a result.
             torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(cfg.seed)
-        self.data = data or load_dataset(cfg.data)
+        self.data = data or self.dist.main_first(load_dataset, cfg.data)
         _check_shapes(cfg, self.data)
 
         self.use_cuda = self.device.type == "cuda"
@@ -202,6 +206,7 @@ class Trainer:
         self.model = build_model(cfg).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = self.dist.prepare_model(self.model, cfg.seed)  # DDP when distributed
         amp = cfg.train.amp if cfg.train.amp != "auto" else ("bf16" if self.use_cuda else "none")
         self.amp_dtype = torch.bfloat16 if amp == "bf16" else None
 
@@ -211,6 +216,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.batch_size = min(cfg.train.batch_size, len(self.train_images))
         self.steps_per_epoch = len(self.train_images) // self.batch_size
+        self.batch_size = self.dist.local_batch_size(self.batch_size)  # this rank's share
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         if cfg.train.max_steps:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
@@ -232,7 +238,7 @@ class Trainer:
         check_run_dir_matches(run_dir, cfg)
         if resume and not (run_dir / CONFIG).is_file():
             raise UserError(f"nothing to resume: {run_dir} holds no run; drop --resume to start it")
-        self.run_dir = prepare_run_dir(cfg)
+        self.run_dir = self.dist.call_on_main(prepare_run_dir, cfg)
 
     def _check_kmeans_samples(self) -> None:
         if not self.cfg.train.kmeans_init:
@@ -292,7 +298,8 @@ class Trainer:
         """
         if not window:
             return
-        finite = torch.isfinite(torch.stack([loss.float() for _, loss, _ in window]))
+        # Summed over ranks first: a NaN on one rank stops every rank at the same step.
+        finite = torch.isfinite(self.dist.all_sum(torch.stack([loss.float() for _, loss, _ in window])))
         if not bool(finite.all()):
             step, loss, terms = window[int((~finite).nonzero()[0])]
             bad = [k for k, v in terms.items() if not bool(torch.isfinite(v).all())]
@@ -317,6 +324,7 @@ class Trainer:
         else:
             order, first, seconds_before = resumed["order"].to(self.device), resumed["batch"], resumed["seconds"]
             loss_sum, mse_sum = resumed["loss_sum"].to(self.device), resumed["mse_sum"].to(self.device)
+        full_order, order = order, self.dist.shard_order(order, self.batch_size)  # checkpoints keep the full one
         every = self.cfg.train.checkpoint_every
         steps, terms, loss = first, {}, loss_sum
         window: list[tuple[int, Tensor, dict[str, Tensor]]] = []
@@ -338,7 +346,7 @@ class Trainer:
             # Mid-epoch checkpoint; the epoch's last step is covered by the epoch-end one.
             if every and self.step % every == 0 and b + 1 < self.steps_per_epoch and self.step < self.total_steps:
                 self.check_finite(window)  # never checkpoint a diverged state
-                self.epoch_position = {"order": order.cpu(), "batch": b + 1, "loss_sum": loss_sum.cpu(),
+                self.epoch_position = {"order": full_order.cpu(), "batch": b + 1, "loss_sum": loss_sum.cpu(),
                                        "mse_sum": mse_sum.cpu(),
                                        "seconds": seconds_before + time.perf_counter() - t0}
                 self.write_checkpoint()
@@ -374,7 +382,8 @@ class Trainer:
                 "images_seen": self.images_seen, "resumed_from": self.resumed_from}
 
     def write_checkpoint(self) -> None:
-        save_checkpoint(self.run_dir / CHECKPOINT, self.checkpoint_state())
+        # Rank 0 writes; every rank returns once the file is complete, so all resume from it.
+        self.dist.call_on_main(save_checkpoint, self.run_dir / CHECKPOINT, self.checkpoint_state())
         self.last_checkpoint_step = self.step
 
     def load_checkpoint(self, path: Path) -> None:
@@ -409,10 +418,11 @@ class Trainer:
             "code_perplexity": final["code_perplexity"], "codes_used": final["codes_used"],
             "num_codes": self.model.quantizer.num_codes,
             "mean_image_mse": mean_image_mse(self.data.train, self.data.test),
-            "images_per_s": self.images_seen / max(self.train_seconds, 1e-9),
+            "images_per_s": self.images_seen * self.dist.world_size / max(self.train_seconds, 1e-9),
             "train_seconds": self.train_seconds,
             "train_images": len(self.train_images), "test_images": len(self.test_images),
             "wall_s": time.perf_counter() - self.started, "device": self.device.type,
+            "world_size": self.dist.world_size,
             "device_name": torch.cuda.get_device_name(self.device) if self.use_cuda else "cpu",
             "torch": torch.__version__, "vqbench": __version__, "resumed_from": self.resumed_from,
         }
@@ -450,47 +460,48 @@ class Trainer:
                                   summary=previous)
         if (self.run_dir / CHECKPOINT).is_file():
             self.load_checkpoint(self.run_dir / CHECKPOINT)
-            write_jsonl_atomic(metrics_path, self.history)  # drop records written after the checkpoint
+            self.dist.call_on_main(write_jsonl_atomic, metrics_path, self.history)  # drop records written after the checkpoint
             where = f", batch {self.resume_point['batch']} of epoch {self.epoch + 1}" if self.resume_point else ""
             self.log(f"resuming {name} from step {self.step}/{self.total_steps}{where}")
             if self.on_epoch is not None:
                 for record in self.history:
-                    self.on_epoch(record)
+                    self.dist.call_on_main(self.on_epoch, record)
         else:
-            write_text_atomic(self.run_dir / CONFIG, OmegaConf.to_yaml(self.cfg))
+            self.dist.call_on_main(write_text_atomic, self.run_dir / CONFIG, OmegaConf.to_yaml(self.cfg))
             if self.cfg.train.kmeans_init:
                 self.init_codebook()
             self.setup_optimization()
-            write_text_atomic(metrics_path, "")
+            self.dist.call_on_main(write_text_atomic, metrics_path, "")
         bar = _progress(self.total_steps, self.cfg.quantizer.name)
         bar.update(self.step)
         try:
             while self.epoch < self.epochs:
-                record = self.run_epoch(bar)
+                record = self.dist.sync_record(self.run_epoch(bar))  # identical on every rank
                 self.history.append(record)
                 self.write_checkpoint()
-                with open(metrics_path, "a") as fh:
-                    fh.write(json.dumps(record) + "\n")
+                if self.dist.is_main:
+                    with open(metrics_path, "a") as fh:
+                        fh.write(json.dumps(record) + "\n")
                 if self.on_epoch is not None:
-                    self.on_epoch(record)
+                    self.dist.call_on_main(self.on_epoch, record)  # a prune stops every rank
                 self.log(f"epoch {self.epoch}/{self.epochs}  step {self.step}  loss {record['train_loss']:.5f}  "
                          f"test mse {record['mse']:.5f}  perplexity {record['perplexity']:.1f}  "
                          f"codes {record['codes_used']}  {record['images_per_s']:.0f} img/s")
         except DivergenceError as exc:
             bar.close()
             summary = self.failed_summary(exc)
-            write_json_atomic(self.run_dir / SUMMARY, summary)
+            self.dist.call_on_main(write_json_atomic, self.run_dir / SUMMARY, summary)
             kept = (f"kept the last good checkpoint (step {self.last_checkpoint_step})"
                     if self.last_checkpoint_step is not None else "no checkpoint had been written")
             raise DivergenceError(f"{exc}; {kept}; run marked failed in {self.run_dir / SUMMARY}",
                                   step=exc.step, loss=exc.loss, terms=exc.terms, summary=summary) from exc
         bar.close()
         summary = self.summary()
-        write_json_atomic(self.run_dir / SUMMARY, summary)
+        self.dist.call_on_main(write_json_atomic, self.run_dir / SUMMARY, summary)
         if self.cfg.get("results"):  # one tidy row per finished run (vqbench table / results)
             from .results import append_row
 
-            append_row(self.cfg.results, self.cfg, summary)
+            self.dist.call_on_main(append_row, self.cfg.results, self.cfg, summary)
         return RunResult(run_dir=self.run_dir, summary=summary, history=self.history)
 
 
@@ -510,7 +521,10 @@ def fit(config: DictConfig | dict | None = None, *, data: ImageData | None = Non
     """
     resolved = isinstance(config, DictConfig) and "num_codes" in config.get("quantizer", {})
     cfg = config if resolved else resolve_config(base=config or {})
-    return Trainer(cfg, data=data, log=log, on_epoch=on_epoch, resume=resume).fit()
+    try:
+        return Trainer(cfg, data=data, log=log, on_epoch=on_epoch, resume=resume).fit()
+    finally:
+        distributed.shutdown()  # the process group, if this run created it (torchrun)
 
 def _check_shapes(cfg: DictConfig, data: ImageData) -> None:
     _, h, w = data.image_shape

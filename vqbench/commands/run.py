@@ -17,12 +17,43 @@ def add_parser(subparsers) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue this command's run folder from its last checkpoint, and fail if there is "
                         "none (re-running a command resumes anyway; a finished run is not retrained)")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="train with DistributedDataParallel on N local processes (one per GPU; gloo on CPU) "
+                        "by launching torchrun; train.batch_size stays the global batch")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.epochs=3 quantizer.gamma=0.5")
     p.set_defaults(func=handle)
 
 
+def _argv_without_nproc(args) -> list[str]:
+    """This command line again, for torchrun to start on every rank."""
+    argv = ["--debug"] * bool(args.debug) + [x for path in args.registry for x in ("--registry", path)]
+    argv += ["run", "--quantizer", args.quantizer, "--dataset", args.dataset]
+    for flag in ("model", "out", "device", "config"):
+        if getattr(args, flag) is not None:
+            argv += [f"--{flag}", str(getattr(args, flag))]
+    argv += ["--json"] * bool(args.json) + ["--resume"] * bool(args.resume)
+    return argv + list(args.overrides)
+
+
+def _check_launch(nproc: int, cfg) -> None:
+    """What would fail on every rank, said once before starting them."""
+    import torch
+
+    from ..errors import UserError
+    from ..runner import resolve_device
+
+    if resolve_device(cfg.device).type == "cuda" and nproc > torch.cuda.device_count():
+        raise UserError(f"--nproc {nproc} needs one GPU per process but {torch.cuda.device_count()} are visible; "
+                        f"use --nproc {torch.cuda.device_count()} or --device cpu")
+    if cfg.train.batch_size % nproc:
+        raise UserError(f"train.batch_size {cfg.train.batch_size} is the global batch and must be divisible by "
+                        f"--nproc {nproc}; use a multiple of {nproc}")
+
+
 def handle(args) -> int:
     from ..config import load_config_file, resolve_config
+    from ..distributed import env_rank, env_world_size, launch
+    from ..errors import UserError
     from ..runner import DivergenceError, fit
 
     overrides = list(args.overrides)
@@ -31,7 +62,16 @@ def handle(args) -> int:
     if args.device is not None:
         overrides.append(f"device={args.device}")
     base = load_config_file(args.config) if args.config else None
-    cfg = resolve_config(args.quantizer, args.dataset, args.model, overrides, base=base)
+    cfg = resolve_config(args.quantizer, args.dataset, args.model, overrides, base=base)  # fails fast, once
+    if args.nproc is not None:
+        if args.nproc < 1:
+            raise UserError(f"--nproc must be a whole number ≥ 1, got {args.nproc}")
+        if env_world_size() > 1 and args.nproc != env_world_size():
+            raise UserError(f"--nproc {args.nproc} inside a torchrun job of {env_world_size()} processes; "
+                            "drop --nproc under torchrun")
+        if args.nproc > 1 and env_world_size() == 1:
+            _check_launch(args.nproc, cfg)
+            return launch(args.nproc, _argv_without_nproc(args))
     try:
         result = fit(cfg, resume=args.resume)
     except DivergenceError as exc:
@@ -39,6 +79,8 @@ def handle(args) -> int:
             raise
         print(f"vqbench: run failed: {exc}", file=sys.stderr)
         return 1
+    if env_rank() != 0:
+        return 0  # rank 0 reports
     s = result.summary
     print(f"{s['quantizer']} on {s['dataset']}: test mse {s['mse']:.6f} ({s['mse'] * 1e3:.3f}e-3; "
           f"mean-image baseline {s['mean_image_mse']:.6f})  perplexity {s['perplexity']:.1f}  "
