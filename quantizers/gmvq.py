@@ -26,6 +26,9 @@ silent follow ``shared/MATH.md`` and are constructor options:
   reconstruction as a mean over pixels; LatReg is summed over L and averaged over vectors;
   the KL counts once per batch. γ's scale depends on these reductions.
 - Eval (§5.1): no noise, z = μ_j with j = argmax π.
+- ``fused=True`` (default): posterior and sample by :mod:`quantizers.fused`, one autograd
+  Function that computes the same function with far fewer N×C passes and stored tensors;
+  ``fused=False`` is the plain reference path (``tests/test_fast_path.py`` compares them).
 
 ``gmvq-entropy`` is this class with β > 1 (registry default β = 2, tuned by the ``beta`` sweep).
 """
@@ -38,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import functional as Fq
+from .fused import gmvq_posterior_sample
 from .base import Quantizer, QuantizerOutput, check_positive
 
 LATREG_READINGS = ("sampled", "aggregated", "posterior")
@@ -59,6 +63,7 @@ class GMVQ(Quantizer):
         weight_head: bool = True,
         precision_init: str | float = "auto",
         eps: float = 1e-8,
+        fused: bool = True,
     ) -> None:
         super().__init__(num_codes, dim)
         for name, value in (("gamma", gamma), ("beta", beta)):
@@ -73,6 +78,8 @@ class GMVQ(Quantizer):
         self.latreg, self.eps = latreg, float(eps)
         self.precision_init = precision_init
         self.tau_start, self.tau_end = float(tau_start), float(tau_end)
+        self.fused = bool(fused)
+        self._calibrated_seen = False  # caches the buffer: no host sync per step once True
         self.embedding = nn.Parameter(torch.randn(self.num_codes, self.dim) / self.dim**0.5)
         self.weight_head = nn.Linear(dim, dim) if weight_head else None
         if self.weight_head is not None:
@@ -95,6 +102,12 @@ class GMVQ(Quantizer):
         nearest = Fq.squared_distances(z.float(), self.codebook.float()).min(-1).values.mean()
         self.precision_scale.fill_(float(self.dim / nearest.clamp_min(1e-12)))
         self.calibrated.fill_(True)
+        self._calibrated_seen = True
+
+    def _needs_calibration(self) -> bool:
+        if not self._calibrated_seen:  # reads the buffer (one sync) until it is True
+            self._calibrated_seen = bool(self.calibrated)
+        return not self._calibrated_seen
 
     def init_codebook(self, samples: Tensor, generator: torch.Generator | None = None) -> None:
         super().init_codebook(samples, generator)
@@ -112,9 +125,11 @@ class GMVQ(Quantizer):
         return self.precision_scale * F.softplus(self.weight_head(z))
 
     def log_posterior(self, z: Tensor) -> Tensor:
-        """log π = log_softmax(l) with l from eq. 16, shape (N, C)."""
-        logits = -0.5 * Fq.weighted_squared_distances(z, self.precision_weights(z), self.codebook.float())
-        return torch.log_softmax(logits, dim=-1)
+        """log π = log_softmax(l) with l from eq. 16, shape (N, C), in fp32 under autocast."""
+        weights = self.precision_weights(z).float()
+        with torch.autocast(z.device.type, enabled=False):
+            logits = -0.5 * Fq.weighted_squared_distances(z.float(), weights, self.codebook.float())
+            return torch.log_softmax(logits, dim=-1)
 
     def component_std(self, sq_dist: Tensor) -> Tensor:
         """σ_c from eq. 18, √((d² + eps) / (2σ²L)); eps keeps ∂σ/∂d finite at d = 0."""
@@ -136,16 +151,26 @@ class GMVQ(Quantizer):
 
     def quantize(self, z: Tensor) -> QuantizerOutput:
         z32 = z.float()  # distances, softmax and KL in fp32 even under autocast
-        if self.training and not bool(self.calibrated):
+        if self.training and self._needs_calibration():
             self.calibrate_precision(z32.detach())
         codebook = self.codebook.float()
-        log_pi = self.log_posterior(z32)
-        probs = log_pi.exp()
+        if self.fused:
+            weights = self.precision_weights(z32)
+            probs, centre, indices, post_entropy = gmvq_posterior_sample(
+                z32, weights, codebook, self.tau, sample=self.training)
+        else:
+            log_pi = self.log_posterior(z32)
+            probs = log_pi.exp()
+            post_entropy = Fq.entropy(probs).mean()
+            if self.training:
+                c_q, indices, _ = Fq.gumbel_softmax_st(log_pi, float(self.tau))
+                centre = c_q @ codebook
+            else:
+                indices = log_pi.argmax(-1)
+                centre = codebook[indices]
         q_batch = Fq.aggregated_posterior(probs)
         kl = Fq.kl_to_uniform(q_batch)
         if self.training:
-            c_q, indices, _ = Fq.gumbel_softmax_st(log_pi, float(self.tau))
-            centre = c_q @ codebook
             sq_dist = (z32 - codebook[indices]).pow(2).sum(-1)
             noise = torch.randn_like(z32)
             std = self.component_std(sq_dist)
@@ -153,15 +178,14 @@ class GMVQ(Quantizer):
             # ‖z − μ_j‖² = σ_j²‖ε‖²: only σ_j carries gradient (a commitment-like pull).
             sampled_sq = std.pow(2) * noise.pow(2).sum(-1)
         else:
-            indices = log_pi.argmax(-1)
-            z_s = codebook[indices]
+            z_s = centre
             sampled_sq = torch.zeros_like(z32[:, 0])
         latreg = self.latent_regularizer(z_s, probs, q_batch, sampled_sq)
         loss = self.gamma * (latreg + self.beta * kl)
         terms = {
             "latreg": latreg.detach(),
             "kl": kl.detach(),
-            "posterior_entropy": Fq.entropy(probs).mean().detach(),
+            "posterior_entropy": post_entropy.detach(),
             "tau": self.tau.detach().clone(),
         }
         return QuantizerOutput(z_q=z_s.to(z.dtype), loss=loss, terms=terms, indices=indices, probs=probs)
