@@ -164,7 +164,8 @@ class GMVQ(Quantizer):
             post_entropy = Fq.entropy(probs).mean()
             if self.training:
                 c_q, indices, _ = Fq.gumbel_softmax_st(log_pi, float(self.tau))
-                centre = c_q @ codebook
+                with torch.autocast(z.device.type, enabled=False):  # the sample in fp32 too
+                    centre = c_q @ codebook
             else:
                 indices = log_pi.argmax(-1)
                 centre = codebook[indices]
