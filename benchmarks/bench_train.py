@@ -114,6 +114,7 @@ def run(args) -> dict:
                 raise SystemExit(f"bench_train: error: {name} diverged during warm-up (loss {float(loss)})")
             sync(args.device)
             compile_s[name] = time.perf_counter() - t0
+            print(f"warm-up {name}: {compile_s[name]:.1f} s", file=sys.stderr, flush=True)
         times = {n: [] for n in names}
         for _ in range(args.repeats):
             for name, trainer in trainers.items():

@@ -18,11 +18,11 @@ timeout 120 python3 benchmarks/check_equivalence.py --device cuda 2>&1 | tee "$o
 eq=${PIPESTATUS[0]}
 
 echo "== 2/3 layer: fwd+bwd tokens/s and peak MiB vs VectorQuantize, N=65536 C=1024 L=64"
-timeout 120 python3 benchmarks/bench_quantizers.py --device cuda --json "$out/layer.json" \
+timeout 90 python3 benchmarks/bench_quantizers.py --device cuda --json "$out/layer.json" \
   > "$out/layer.txt" 2>&1 || echo "bench_quantizers failed (exit $?)" >> "$out/layer.txt"
 
 echo "== 3/3 train step: conv32, batch 256, real CIFAR-10 shard, fast path = compile reduce-overhead"
-timeout 210 python3 benchmarks/bench_train.py --device cuda --json "$out/train.json" \
+timeout 240 python3 benchmarks/bench_train.py --device cuda --json "$out/train.json" \
   > "$out/train.txt" 2>&1 || echo "bench_train failed (exit $?)" >> "$out/train.txt"
 
 echo

@@ -37,7 +37,7 @@ class GMVQPosteriorSample(torch.autograd.Function):
             log_pi = torch.log_softmax(a.float() @ b.float().t(), dim=-1)
             probs = log_pi.exp()
             # −Σ π log π averaged over vectors (detached, for logging only).
-            entropy = -(probs * log_pi).sum() / probs.shape[0]
+            entropy = -torch.dot(probs.view(-1), log_pi.view(-1)) / probs.shape[0]  # no N×C temporary
             if sample:
                 # −log(−log U), U kept off 0 and 1: functional.gumbel_noise, in place.
                 y = torch.rand(log_pi.shape, dtype=log_pi.dtype, device=log_pi.device)
@@ -68,10 +68,9 @@ class GMVQPosteriorSample(torch.autograd.Function):
             if ctx.sample and g_centre is not None:
                 # Straight-through: ∂L/∂y = (∂L/∂z_c) Mᵀ; through softmax_τ:
                 # ∂L/∂(log π + g) = y ⊙ (∂L/∂y − ⟨y, ∂L/∂y⟩) / τ.
-                g = g_centre @ codebook.float().t()
+                g = (g_centre / tau) @ codebook.float().t()  # 1/τ on N×L, not on N×C
                 g.mul_(y)
                 g.addcmul_(y, g.sum(dim=-1, keepdim=True), value=-1.0)
-                g.div_(tau)
             if g_probs is not None:
                 if g is None:
                     g = g_probs.float() * probs
