@@ -143,7 +143,9 @@ def evaluate(model: ConvAutoencoder, images: Tensor, batch_size: int, channels_l
         x = to_float_images(images[start:start + batch_size], channels_last)
         with autocast() if autocast else torch.autocast(x.device.type, enabled=False):
             x_hat, out = model(x)
-        sse += (x_hat.float() - x).pow(2).sum(dtype=torch.float64)
+        # Per-image sums, then a short float64 sum: a fixed reduction order, so the same
+        # seed gives bit-identical metrics (one big multi-threaded sum does not).
+        sse += (x_hat.float() - x).pow(2).flatten(1).sum(1).double().sum()
         batch_counts = Fq.code_histogram(out.indices, num_codes)
         counts += batch_counts
         # The paper's perplexity uses q(c|x) where the method has one; else the hard codes.
