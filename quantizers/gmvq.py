@@ -33,6 +33,9 @@ silent follow ``shared/MATH.md`` and are constructor options:
   reconstruction summed over each vector's pixels, γ = σ_x²/σ_z², β = 2σ_z² and the loss is
   −2σ_x² (ALBO + const) (``quantizers.bounds``, Appendix A.3).
 - Eval (§5.1): no noise, z = μ_j with j = argmax π.
+- ``fused=True`` (default): posterior and sample by :mod:`quantizers.fused`, one autograd
+  Function that computes the same function with far fewer N×C passes and stored tensors;
+  ``fused=False`` is the plain reference path (``tests/test_fast_path.py`` compares them).
 
 Registered variants (``registry.yaml``):
 
@@ -56,6 +59,7 @@ from torch import Tensor, nn
 
 from . import distributed as Fd
 from . import functional as Fq
+from .fused import gmvq_posterior_sample
 from .base import Quantizer, QuantizerOutput, check_positive
 
 LATREG_READINGS = ("sampled", "aggregated", "posterior")
@@ -81,6 +85,7 @@ class GMVQ(Quantizer):
         precision_init: str | float = "auto",
         eps: float = 1e-8,
         aggregate: str = "global",
+        fused: bool = True,
     ) -> None:
         super().__init__(num_codes, dim)
         for name, value in (("gamma", gamma), ("beta", beta), ("eps", eps)):
@@ -102,6 +107,8 @@ class GMVQ(Quantizer):
         self.aggregate = aggregate
         self.precision_init = precision_init
         self.tau_start, self.tau_end = float(tau_start), float(tau_end)
+        self.fused = bool(fused)
+        self._calibrated_seen = False  # caches the buffer: no host sync per step once True
         self.embedding = nn.Parameter(torch.randn(self.num_codes, self.dim) / self.dim**0.5)
         self.weight_head = nn.Linear(dim, dim) if weight_head else None
         if self.weight_head is not None:
@@ -125,6 +132,12 @@ class GMVQ(Quantizer):
         nearest = Fd.all_reduce_sum_(nearest.reshape(1)).squeeze(0) / Fd.world_size()  # one s on every rank
         self.precision_scale.fill_(float(self.dim / nearest.clamp_min(1e-12)))
         self.calibrated.fill_(True)
+        self._calibrated_seen = True
+
+    def _needs_calibration(self) -> bool:
+        if not self._calibrated_seen:  # reads the buffer (one sync) until it is True
+            self._calibrated_seen = bool(self.calibrated)
+        return not self._calibrated_seen
 
     def init_codebook(self, samples: Tensor, generator: torch.Generator | None = None) -> None:
         super().init_codebook(samples, generator)
@@ -141,10 +154,13 @@ class GMVQ(Quantizer):
         return self.precision_scale * F.softplus(self.weight_head(z))
 
     def log_posterior(self, z: Tensor) -> Tensor:
-        """log π = log_softmax(l) with l from eq. 16, shape (N, C)."""
-        codebook = self.codebook.to(z.dtype)
-        logits = -0.5 * Fq.weighted_squared_distances(z, self.precision_weights(z), codebook)
-        return torch.log_softmax(logits, dim=-1)
+        """log π = log_softmax(l) with l from eq. 16, shape (N, C); fp32 under autocast
+        (float64 stays float64, for the exact property tests)."""
+        dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
+        weights = self.precision_weights(z).to(dtype)
+        with torch.autocast(z.device.type, enabled=False):
+            logits = -0.5 * Fq.weighted_squared_distances(z.to(dtype), weights, self.codebook.to(dtype))
+            return torch.log_softmax(logits, dim=-1)
 
     def component_variance(self, sq_dist: Tensor) -> Tensor:
         """σ_c² = (‖ẑ − μ_c‖² + eps) / (2σ²L), eq. 18 with the variance floor eps."""
@@ -170,7 +186,8 @@ class GMVQ(Quantizer):
         c_q, indices, _ = Fq.gumbel_softmax_st(log_pi, float(self.tau), noise=gumbel)
         noise = torch.randn_like(z) if normal is None else normal
         std = self.component_std((z - codebook[indices]).pow(2).sum(-1))
-        z_s = c_q @ codebook + std[:, None] * noise
+        with torch.autocast(z.device.type, enabled=False):  # the sample in fp32 under autocast too
+            z_s = c_q @ codebook + std[:, None] * noise
         # ‖z − μ_j‖² = σ_j²‖ε‖²: only σ_j carries gradient (a commitment-like pull).
         return z_s, indices, std.pow(2) * noise.pow(2).sum(-1)
 
@@ -205,7 +222,7 @@ class GMVQ(Quantizer):
     def _working(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(z in its compute dtype, log π, π, q^B): fp32 under low precision, else z's dtype."""
         zw = z.float() if z.dtype in LOW_PRECISION else z
-        if self.training and not bool(self.calibrated):
+        if self.training and self._needs_calibration():
             self.calibrate_precision(zw.detach())
         log_pi = self.log_posterior(zw)
         probs = log_pi.exp()
@@ -226,14 +243,33 @@ class GMVQ(Quantizer):
         return self.gamma * (self.expected_latent_regularizer(probs, q_batch, variances) + penalty)
 
     def quantize(self, z: Tensor) -> QuantizerOutput:
-        zw, log_pi, probs, q_batch = self._working(z)
-        kl = Fq.kl_to_uniform(q_batch)
-        if self.training:
-            z_s, indices, sampled_sq = self.sample(zw, log_pi)
+        if self.fused and z.dtype != torch.float64:
+            # One pass for π, q^B's input and the Gumbel sample (quantizers/fused.py); same
+            # function and the same noise draws as the plain path below.
+            zw = z.float()
+            if self.training and self._needs_calibration():
+                self.calibrate_precision(zw.detach())
+            codebook = self.codebook.float()
+            probs, centre, indices, post_entropy = gmvq_posterior_sample(
+                zw, self.precision_weights(zw), codebook, self.tau, sample=self.training)
+            q_batch = Fq.aggregated_posterior(probs, global_batch=self.training and self.aggregate == "global")
+            if self.training:
+                noise = torch.randn_like(zw)
+                std = self.component_std((zw - codebook[indices]).pow(2).sum(-1))
+                z_s = centre + std[:, None] * noise
+                sampled_sq = std.pow(2) * noise.pow(2).sum(-1)
+            else:
+                z_s, sampled_sq = centre, torch.zeros_like(zw[:, 0])
         else:
-            indices = log_pi.argmax(-1)
-            z_s = self.codebook.to(zw.dtype)[indices]
-            sampled_sq = torch.zeros_like(zw[:, 0])
+            zw, log_pi, probs, q_batch = self._working(z)
+            post_entropy = Fq.entropy(probs).mean()
+            if self.training:
+                z_s, indices, sampled_sq = self.sample(zw, log_pi)
+            else:
+                indices = log_pi.argmax(-1)
+                z_s = self.codebook.to(zw.dtype)[indices]
+                sampled_sq = torch.zeros_like(zw[:, 0])
+        kl = Fq.kl_to_uniform(q_batch)
         latreg = self.latent_regularizer(z_s, probs, q_batch, sampled_sq)
         penalty = self.beta * kl
         terms = {"latreg": latreg.detach(), "kl": kl.detach()}
@@ -242,6 +278,6 @@ class GMVQ(Quantizer):
             penalty = penalty - self.beta * entropy
             terms["z_entropy_bound"] = entropy.detach()
         loss = self.gamma * (latreg + penalty)
-        terms["posterior_entropy"] = Fq.entropy(probs).mean().detach()
+        terms["posterior_entropy"] = post_entropy.detach()
         terms["tau"] = self.tau.detach().clone()
         return QuantizerOutput(z_q=z_s.to(z.dtype), loss=loss, terms=terms, indices=indices, probs=probs)

@@ -56,6 +56,10 @@ class TrainConfig:
     grad_clip: Optional[float] = None
     amp: str = "auto"  # auto: bf16 autocast on CUDA, none on CPU; or bf16 / none
     channels_last: bool = True  # on CUDA only
+    # torch.compile mode for the autoencoder (forward and backward): none (default; on CPU
+    # compiling costs minutes), default, reduce-overhead (CUDA graphs), max-autotune,
+    # max-autotune-no-cudagraphs. See docs/performance.md.
+    compile: str = "none"
     checkpoint_every: Optional[int] = None  # also every K steps (epoch ends always)
 
 

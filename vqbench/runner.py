@@ -109,6 +109,18 @@ def make_optimizer(model: ConvAutoencoder, cfg: DictConfig, device: torch.device
     return torch.optim.AdamW(groups, lr=lr, weight_decay=wd, fused=fused)
 
 
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_model(model: torch.nn.Module, mode: str) -> bool:
+    """``torch.compile`` the model in place (state_dict keys unchanged); True if CUDA graphs."""
+    if mode not in COMPILE_MODES:
+        raise UserError(f"train.compile={mode!r} is not a mode; use one of {', '.join(COMPILE_MODES)}")
+    if mode != "none":
+        model.compile(mode=None if mode == "default" else mode, dynamic=False)
+    return mode in ("reduce-overhead", "max-autotune")
+
+
 def to_float_images(batch_u8: Tensor, channels_last: bool) -> Tensor:
     x = batch_u8.float().div_(255.0)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
@@ -206,6 +218,7 @@ class Trainer:
         self.model = build_model(cfg).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.cudagraphs = compile_model(self.model, cfg.train.compile)
         self.model = self.dist.prepare_model(self.model, cfg.seed)  # DDP when distributed
         amp = cfg.train.amp if cfg.train.amp != "auto" else ("bf16" if self.use_cuda else "none")
         self.amp_dtype = torch.bfloat16 if amp == "bf16" else None
@@ -276,6 +289,8 @@ class Trainer:
     def train_step(self, x: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """One optimiser step on a batch; returns (loss, mse, quantizer terms), not synced."""
         model = self.model
+        if self.cudagraphs:  # the previous step's graph outputs may now be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
         model.quantizer.set_progress(self.step / max(self.total_steps - 1, 1))
         with self.autocast():
             x_hat, out = model(x)

@@ -1,0 +1,183 @@
+"""End-to-end benchmark: training images/s of the real ``conv32`` autoencoder on a real
+CIFAR-10 shard, GM-VQ and VQ-VAE on the fast path beside the same model with an identity
+bottleneck (the ceiling) and the eager baseline, all in one process.
+
+    python benchmarks/bench_train.py --device cpu --steps 3 --repeats 3
+    python benchmarks/bench_train.py --device cuda --json train.json      # compile: reduce-overhead
+
+Variants (each a runner ``Trainer``; its ``train_step`` is what is timed: forward, loss,
+backward, AdamW, scheduler, quantizer hooks; batches gathered on the device from uint8):
+
+- ``eager``: GM-VQ's plain path (``fused=False``), no ``torch.compile``, the runner's
+  defaults otherwise (bf16 autocast and channels_last on CUDA): the pre-fast-path step.
+- ``gmvq`` / ``vqvae`` / ``identity``: the fast path (fused GM-VQ, ``train.compile`` =
+  ``--compile``, default reduce-overhead on CUDA, none on CPU).
+
+Rounds are interleaved (every variant runs ``--steps`` steps per round) and a ratio is the
+median over rounds of the two variants' images/s in the same round, so a shared, loaded
+machine moves both sides alike. The identity bottleneck is registered here only (never in
+registry.yaml).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from quantizers.base import Quantizer, QuantizerOutput  # noqa: E402
+from vqbench.config import resolve_config  # noqa: E402
+from vqbench.data import ImageData  # noqa: E402
+from vqbench.registry import register_quantizer  # noqa: E402
+from vqbench.runner import Trainer, to_float_images  # noqa: E402
+
+SHARDS = (ROOT / ".data" / "cifar10" / "train.npz", ROOT.parent / "shared" / "data" / "cifar10" / "train-0.npz")
+
+
+@register_quantizer("identity", citation="benchmark-only: z_q = z_e, the autoencoder without a quantizer")
+class IdentityBottleneck(Quantizer):
+    """z_q = z_e, zero loss: the bare autoencoder's step, the ceiling a quantizer is held to."""
+
+    def __init__(self, num_codes: int = 1024, dim: int = 64) -> None:
+        super().__init__(num_codes, dim)
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        return torch.zeros(self.num_codes, self.dim)
+
+    def quantize(self, z: torch.Tensor) -> QuantizerOutput:
+        return QuantizerOutput(z_q=z, loss=z.new_zeros((), dtype=torch.float32),
+                               indices=torch.zeros(z.shape[0], dtype=torch.long, device=z.device))
+
+
+def load_shard(path: Path | None, limit: int) -> ImageData:
+    path = path or next((p for p in SHARDS if p.exists()), None)
+    if path is None:
+        raise SystemExit(f"bench_train: error: no CIFAR-10 shard at {' or '.join(map(str, SHARDS))}; pass --data")
+    with np.load(path) as archive:
+        x = torch.from_numpy(archive["x"][:limit]).permute(0, 3, 1, 2).contiguous()
+    return ImageData(train=x, test=x[:256])
+
+
+def variants(compile_mode: str) -> dict[str, tuple[str, list[str]]]:
+    fast = [f"train.compile={compile_mode}"]
+    return {"eager": ("gmvq", ["quantizer.fused=false", "train.compile=none"]),
+            "gmvq": ("gmvq", fast), "vqvae": ("vqvae", fast), "identity": ("identity", fast)}
+
+
+def make_trainer(quantizer: str, overrides: list[str], args, data: ImageData, out: str) -> Trainer:
+    cfg = resolve_config(quantizer, "npz", "conv32", [
+        f"device={args.device}", f"out={out}", f"train.batch_size={args.batch_size}",
+        "train.kmeans_init=false", "train.epochs=1000", f"seed={args.seed}", *overrides])
+    trainer = Trainer(cfg, data=data, log=lambda line: None)
+    trainer.setup_optimization()
+    trainer.model.train()
+    return trainer
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_steps(trainer: Trainer, steps: int, order: torch.Tensor) -> torch.Tensor:
+    loss = None
+    for _ in range(steps):
+        start = (trainer.step * trainer.batch_size) % (len(order) - trainer.batch_size + 1)
+        x = to_float_images(trainer.train_images[order[start:start + trainer.batch_size]], trainer.channels_last)
+        loss, _, _ = trainer.train_step(x)
+        trainer.step += 1
+    return loss
+
+
+def run(args) -> dict:
+    data = load_shard(args.data, args.images)
+    names = args.only or list(variants(args.compile))
+    with tempfile.TemporaryDirectory() as out:
+        trainers = {n: make_trainer(*variants(args.compile)[n], args, data, out) for n in names}
+        order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0)).to(args.device)
+        compile_s = {}
+        for name, trainer in trainers.items():  # warm-up: compile, CUDA graphs, calibration
+            sync(args.device)
+            t0 = time.perf_counter()
+            loss = run_steps(trainer, args.warmup, order)
+            if not torch.isfinite(loss):
+                raise SystemExit(f"bench_train: error: {name} diverged during warm-up (loss {float(loss)})")
+            sync(args.device)
+            compile_s[name] = time.perf_counter() - t0
+            print(f"warm-up {name}: {compile_s[name]:.1f} s", file=sys.stderr, flush=True)
+        times = {n: [] for n in names}
+        for _ in range(args.repeats):
+            for name, trainer in trainers.items():
+                sync(args.device)
+                t0 = time.perf_counter()
+                run_steps(trainer, args.steps, order)
+                sync(args.device)
+                times[name].append(time.perf_counter() - t0)
+    per_round = {n: [args.steps * args.batch_size / t for t in ts] for n, ts in times.items()}
+
+    def ratio(a: str, b: str) -> float | None:
+        if a not in per_round or b not in per_round:
+            return None
+        return statistics.median(x / y for x, y in zip(per_round[a], per_round[b]))
+
+    results = [{"name": n, "images_per_s": statistics.median(per_round[n]), "warmup_s": compile_s[n],
+                "ratio_to_identity": ratio(n, "identity"), "ratio_to_eager": ratio(n, "eager")}
+               for n in names]
+    return {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+            "torch": torch.__version__, "batch_size": args.batch_size, "steps": args.steps,
+            "repeats": args.repeats, "compile": args.compile, "threads": torch.get_num_threads(),
+            "results": results}
+
+
+def print_table(report: dict) -> None:
+    print(f"# conv32 train step, batch {report['batch_size']}, {report['device']}, torch {report['torch']}, "
+          f"fast path compile={report['compile']}, {report['threads']} threads")
+    print(f"{'variant':<10}{'images/s':>12}{'× identity':>12}{'× eager':>10}{'warm-up s':>11}")
+    fmt = lambda v: "—" if v is None else f"{v:.2f}"  # noqa: E731
+    for r in report["results"]:
+        print(f"{r['name']:<10}{r['images_per_s']:>12,.0f}{fmt(r['ratio_to_identity']):>12}"
+              f"{fmt(r['ratio_to_eager']):>10}{r['warmup_s']:>11.1f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--data", type=Path, help="a CIFAR-10 .npz shard (default .data/ or ../shared/data)")
+    p.add_argument("--images", type=int, default=12500, help="images of the shard to load")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--steps", type=int, help="steps per variant per round (default 50 cuda, 3 cpu)")
+    p.add_argument("--warmup", type=int, help="untimed steps first (default 20 cuda, 2 cpu)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--compile", help="train.compile of the fast path (default reduce-overhead cuda, none cpu)")
+    p.add_argument("--threads", type=int, help="torch threads (default 1 on cpu, see bench_quantizers)")
+    p.add_argument("--only", nargs="+", choices=list(variants("none")))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("bench_train: error: --device cuda but no CUDA GPU is available", file=sys.stderr)
+        return 2
+    cuda = args.device == "cuda"
+    args.steps = args.steps or (50 if cuda else 3)
+    args.warmup = args.warmup or (20 if cuda else 2)
+    args.compile = args.compile or ("reduce-overhead" if cuda else "none")
+    torch.set_num_threads(args.threads or (torch.get_num_threads() if cuda else 1))
+    report = run(args)
+    print_table(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

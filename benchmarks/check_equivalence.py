@@ -1,0 +1,96 @@
+"""Fast path = plain path, on any device (the CUDA half of ``tests/test_fast_path.py``;
+needs no pytest, so it runs on a bare GPU machine from ``gpu_check.sh``).
+
+    python benchmarks/check_equivalence.py --device cuda
+
+Checks, at benchmark size (N = 65,536, C = 1024, L = 64 on CUDA): the fused GM-VQ layer
+against ``fused=False`` with the same seed, train and eval, every LatReg reading, fp32
+(relative error ≤ 1e-5, identical indices) and under bf16 autocast (≤ 1e-2); then the fused
+layer under ``torch.compile`` in eval mode (no noise, so the samples can be compared).
+Prints one line per check and exits 1 if any fails.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from quantizers.gmvq import GMVQ  # noqa: E402
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def run(q, z, upstream, seed, amp):
+    z = z.clone().requires_grad_()
+    q.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=amp):
+        out = q(z)
+    ((out.z_q.float() * upstream).sum() + out.loss).backward()
+    return out, z.grad, {n: p.grad.clone() for n, p in q.named_parameters() if p.grad is not None}
+
+
+def compare(a, b) -> tuple[int, float]:
+    """(index mismatches, worst relative error over outputs and gradients)."""
+    (oa, ga, pa), (ob, gb, pb) = a, b
+    errs = [rel(oa.z_q, ob.z_q), rel(oa.probs, ob.probs), rel(oa.loss, ob.loss), rel(ga, gb)]
+    errs += [rel(pa[k], pb[k]) for k in pb]
+    return int((oa.indices != ob.indices).sum()), max(errs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--tokens", type=int)
+    p.add_argument("--codes", type=int, default=1024)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--no-compile", action="store_true")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    n = args.tokens or (65536 if device.type == "cuda" else 4096)
+    gen = torch.Generator().manual_seed(0)
+    z = (torch.randn(n, args.dim, generator=gen) * 0.5).to(device)
+    upstream = (torch.randn(n, args.dim, generator=gen) / n).to(device)
+    failed = 0
+    for latreg in ("sampled", "aggregated", "posterior"):
+        torch.manual_seed(0)
+        fast = GMVQ(args.codes, args.dim, latreg=latreg)
+        with torch.no_grad():
+            fast.weight_head.weight.normal_(0.0, 0.2)
+        fast.init_codebook(torch.randn(4 * args.codes, args.dim) * 0.5, generator=torch.Generator().manual_seed(0))
+        fast.to(device).set_progress(0.3)
+        plain = copy.deepcopy(fast)
+        plain.fused = False
+        for training in (True, False):
+            for amp, tol in ((False, 1e-5), (True, 1e-2)):
+                fast.train(training), plain.train(training)
+                zz = z.bfloat16() if amp else z
+                mism, err = compare(run(fast, zz, upstream, 1, amp), run(plain, zz, upstream, 1, amp))
+                ok = err <= tol and mism <= (n // 10000 if amp else 0)  # bf16: rare exact-tie flips
+                failed += not ok
+                print(f"{'ok  ' if ok else 'FAIL'} layer {latreg:<10} {'train' if training else 'eval '} "
+                      f"{'bf16' if amp else 'fp32'}: max rel err {err:.1e} (≤ {tol:g}), index mismatches {mism}")
+    if not args.no_compile:
+        fast.eval()
+        compiled = torch.compile(fast, dynamic=False)
+        with torch.no_grad():
+            a, b = compiled(z), plain.eval()(z)
+        err, mism = max(rel(a.z_q, b.z_q), rel(a.probs, b.probs)), int((a.indices != b.indices).sum())
+        ok = err <= 1e-5 and mism == 0
+        failed += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} torch.compile(fused) eval vs plain: max rel err {err:.1e}, "
+              f"index mismatches {mism}")
+    print(f"equivalence on {device}: {'all passed' if not failed else f'{failed} FAILED'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
