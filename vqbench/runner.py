@@ -512,11 +512,13 @@ class Trainer:
                                   step=exc.step, loss=exc.loss, terms=exc.terms, summary=summary) from exc
         bar.close()
         summary = self.summary()
-        self.dist.call_on_main(write_json_atomic, self.run_dir / SUMMARY, summary)
         if self.cfg.get("results"):  # one tidy row per finished run (vqbench table / results)
             from .results import append_row
 
+            # The row first: a kill between the two leaves no summary, so a re-run resumes
+            # and rewrites the same row (keyed by run id) instead of losing it.
             self.dist.call_on_main(append_row, self.cfg.results, self.cfg, summary)
+        self.dist.call_on_main(write_json_atomic, self.run_dir / SUMMARY, summary)
         return RunResult(run_dir=self.run_dir, summary=summary, history=self.history)
 
 
