@@ -86,4 +86,5 @@ def distributions(draw, max_c: int = 64, zeros: bool = True) -> torch.Tensor:
 
 def magnitude(z: torch.Tensor, w: torch.Tensor, codebook: torch.Tensor) -> float:
     """Scale of the expanded-form weighted distance, for rounding tolerances."""
+    z, w, codebook = z.detach(), w.detach(), codebook.detach()
     return float(1.0 + w.max() * (z.pow(2).sum(-1).max() + codebook.pow(2).sum(-1).max()))
