@@ -120,6 +120,15 @@ def main(out: Path) -> None:
                          *SMALL, "train.max_steps=8", "name=cli"])
     save(out, "cli", {"code": code, "stdout": captured.getvalue()})
 
+    # 8. Resume: each rank gets back its own noise stream (not rank 0's) and running sums.
+    cfg = config("gmvq", out / "runs", "train.max_steps=3", "train.kmeans_init=false", "name=resume-rng")
+    first = train(cfg)
+    saved = torch.load(first.run_dir / "checkpoint.pt", weights_only=True)["per_rank"][rank]
+    torch.rand(1000)  # move this rank's stream on
+    again = Trainer(cfg, log=lambda line: None)
+    again.load_checkpoint(first.run_dir / "checkpoint.pt")
+    save(out, "resume-rng", {"saved": saved["rng"]["torch"], "restored": torch.get_rng_state()})
+
     # 7. Inference on rank 0 alone (DDP-wrapped GM-VQ, eval mode) must not communicate (#198).
     if rank == 0:
         metrics = gmvq.evaluate()

@@ -173,3 +173,10 @@ def test_nproc_checks_the_global_batch_before_starting_processes(capsys):
     assert capsys.readouterr().err.strip().splitlines() == [
         "vqbench: error: train.batch_size 33 is the global batch and must be divisible by --nproc 2; "
         "use a multiple of 2"]
+
+
+def test_resume_restores_each_ranks_own_rng(job):
+    ranks = [job.load("resume-rng", r) for r in (0, 1)]
+    for r in ranks:
+        assert torch.equal(r["restored"], r["saved"])
+    assert not torch.equal(ranks[0]["saved"], ranks[1]["saved"])  # two streams, both kept

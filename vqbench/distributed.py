@@ -127,6 +127,14 @@ class DistContext:
         steps = len(order) // global_batch
         return order[:steps * global_batch].view(steps, self.world_size, local_batch)[:, self.rank].reshape(-1)
 
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank (``[obj]`` alone)."""
+        if not self.enabled:
+            return [obj]
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
     # --- lockstep -------------------------------------------------------------------
     def barrier(self) -> None:
         if self.enabled:

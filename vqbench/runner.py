@@ -389,7 +389,12 @@ class Trainer:
         """All a resumed run needs to continue bit for bit: weights and quantizer buffers
         (codebook, usage counters, τ), optimiser, scheduler, every RNG, the data-order
         position, counters and history. Tensors and plain containers only (``weights_only``)."""
+        # Each rank draws its own noise and sums its own losses: under DDP every rank's RNG
+        # and running sums go into rank 0's file, and each rank restores its own.
+        per_rank = self.dist.gather_objects({"rng": rng_state(self.generator, self.use_cuda),
+                                             "epoch_position": self.epoch_position})
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "per_rank": per_rank,
                 "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "step": self.step,
                 "history": self.history, "config": OmegaConf.to_container(self.cfg),
                 "config_hash": config_hash(self.cfg), "rng": rng_state(self.generator, self.use_cuda),
@@ -413,11 +418,14 @@ class Trainer:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            set_rng_state(state["rng"], self.generator, self.use_cuda)
+            mine = state.get("per_rank") or []
+            mine = mine[self.dist.rank] if len(mine) == self.dist.world_size else \
+                {"rng": state["rng"], "epoch_position": state["epoch_position"]}
+            set_rng_state(mine["rng"], self.generator, self.use_cuda)
             self.epoch, self.step, self.history = int(state["epoch"]), int(state["step"]), list(state["history"])
             self.train_seconds, self.images_seen = float(state["train_seconds"]), int(state["images_seen"])
             self.resumed_from = [*state["resumed_from"], self.step]
-            self.resume_point = state["epoch_position"]
+            self.resume_point = mine["epoch_position"]
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise UserError(f"checkpoint {path} does not fit this run ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0][:160]}); delete it to start the run over") from exc
