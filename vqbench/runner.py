@@ -9,28 +9,24 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import random
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
-
-import quantizers.functional as Fq
 
 from . import __version__
 from . import distributed
 from .config import config_hash, resolve_config
 from .data import ImageData, load_dataset
 from .errors import UserError
-from .registry import build_quantizer, registry_document
-from .models import ConvAutoencoder
+from .training import (_check_shapes, _progress, build_model, collect_latents, compile_model,  # noqa: F401
+                       evaluate, kmeans_image_count, lr_factor, make_optimizer, mean_image_mse,
+                       resolve_device, seed_everything, to_float_images)
 from .runio import (CHECKPOINT, CONFIG, METRICS, SUMMARY, check_run_dir_matches, load_checkpoint_file,
                     prepare_run_dir, read_metrics, read_summary, rng_state, run_dir_for, save_checkpoint,
                     set_rng_state, write_json_atomic, write_jsonl_atomic, write_text_atomic)
@@ -54,141 +50,6 @@ class RunResult:
     run_dir: Path
     summary: dict[str, Any]
     history: list[dict[str, Any]]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def build_model(cfg: DictConfig) -> ConvAutoencoder:
-    qkwargs = {k: v for k, v in OmegaConf.to_container(cfg.quantizer).items() if k != "name"}
-    quantizer = build_quantizer(cfg.quantizer.name, **qkwargs)
-    spec = registry_document()["models"][cfg.model.name]
-    module_name, _, cls_name = spec["class"].partition(":")
-    cls = getattr(__import__(module_name, fromlist=[cls_name]), cls_name)
-    return cls(quantizer, latent_dim=cfg.model.latent_dim, channels=cfg.model.channels,
-               res_blocks=cfg.model.res_blocks)
-
-
-def lr_factor(step: int, total: int, warmup_fraction: float, start_factor: float) -> float:
-    """Linear warm-up from ``start_factor`` to 1, then cosine decay to 0 (Huh et al. 2023)."""
-    warmup = int(round(total * warmup_fraction))
-    if step < warmup:
-        return start_factor + (1.0 - start_factor) * step / warmup
-    span = max(total - warmup, 1)
-    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
-
-
-def make_optimizer(model: ConvAutoencoder, cfg: DictConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW over the autoencoder and the quantizer's groups (``lr_scale``, own decay)."""
-    lr, wd = cfg.train.lr, cfg.train.weight_decay
-    q_params = {id(p) for p in model.quantizer.parameters()}
-    groups = [{"params": [p for p in model.parameters() if id(p) not in q_params and p.requires_grad],
-               "lr": lr, "weight_decay": wd}]
-    for group in model.quantizer.param_groups():
-        group = dict(group)
-        scale = group.pop("lr_scale", 1.0)
-        group.setdefault("weight_decay", wd)
-        group["lr"] = lr * scale
-        group["params"] = list(group["params"])
-        if group["params"]:
-            groups.append(group)
-    for group in groups:
-        group["initial_lr"] = group["lr"]
-    fused = device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=lr, weight_decay=wd, fused=fused)
-
-
-COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-def compile_model(model: torch.nn.Module, mode: str) -> bool:
-    """``torch.compile`` the model in place (state_dict keys unchanged); True if CUDA graphs."""
-    if mode not in COMPILE_MODES:
-        raise UserError(f"train.compile={mode!r} is not a mode; use one of {', '.join(COMPILE_MODES)}")
-    if mode != "none":
-        model.compile(mode=None if mode == "default" else mode, dynamic=False)
-    return mode in ("reduce-overhead", "max-autotune")
-
-
-def to_float_images(batch_u8: Tensor, channels_last: bool) -> Tensor:
-    x = batch_u8.float().div_(255.0)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-def kmeans_image_count(model: ConvAutoencoder, shape: torch.Size, count: int) -> tuple[int, int]:
-    """(images drawn, latent vectors per image) for ``count`` k-means samples."""
-    per_image = (shape[-1] // model.downsample) * (shape[-2] // model.downsample)
-    return min(shape[0], max(1, math.ceil(count / per_image))), per_image
-
-
-@torch.no_grad()
-def collect_latents(model: ConvAutoencoder, images: Tensor, count: int, generator: torch.Generator,
-                    batch_size: int, channels_last: bool) -> Tensor:
-    """About ``count`` encoder output vectors from random training images, (N, D)."""
-    n_images, _ = kmeans_image_count(model, images.shape, count)
-    order = torch.randperm(len(images), generator=generator)[:n_images].to(images.device)
-    chunks = []
-    for start in range(0, n_images, batch_size):
-        z = model.encode(to_float_images(images[order[start:start + batch_size]], channels_last)).float()
-        chunks.append(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
-    return torch.cat(chunks)
-
-
-@torch.no_grad()
-def evaluate(model: ConvAutoencoder, images: Tensor, batch_size: int, channels_last: bool = False,
-             autocast: Callable[[], Any] | None = None) -> dict[str, float]:
-    """Noise-free test metrics: mse, perplexity (per batch, averaged), code_perplexity, codes_used."""
-    was_training = model.training
-    model.eval()
-    num_codes = model.quantizer.num_codes
-    sse = torch.zeros((), dtype=torch.float64, device=images.device)
-    ppl_sum = torch.zeros((), dtype=torch.float64, device=images.device)
-    counts = torch.zeros(num_codes, dtype=torch.float64, device=images.device)
-    batches = 0
-    for start in range(0, len(images), batch_size):
-        x = to_float_images(images[start:start + batch_size], channels_last)
-        with autocast() if autocast else torch.autocast(x.device.type, enabled=False):
-            x_hat, out = model(x)
-        # Per-image sums, then a short float64 sum: a fixed reduction order, so the same
-        # seed gives bit-identical metrics (one big multi-threaded sum does not).
-        sse += (x_hat.float() - x).pow(2).flatten(1).sum(1).double().sum()
-        batch_counts = Fq.code_histogram(out.indices, num_codes)
-        counts += batch_counts
-        # The paper's perplexity uses q(c|x) where the method has one; else the hard codes.
-        q = Fq.aggregated_posterior(out.probs.double()) if out.probs is not None else batch_counts / batch_counts.sum()
-        ppl_sum += Fq.perplexity(q)
-        batches += 1
-    model.train(was_training)
-    return {
-        "mse": float(sse) / images.numel(),
-        "perplexity": float(ppl_sum) / batches,
-        "code_perplexity": float(Fq.histogram_perplexity(counts)),
-        "codes_used": int((counts > 0).sum()),
-    }
-
-
-def mean_image_mse(train: Tensor, test: Tensor) -> float:
-    """MSE of predicting every test image by the mean training image: the floor to beat."""
-    mean = train.float().div(255).mean(0)
-    return float((test.float().div(255) - mean).pow(2).mean())
-
-
-def _progress(total: int, desc: str):
-    from tqdm.auto import tqdm
-
-    quiet = os.environ.get("VQBENCH_NO_PROGRESS") == "1" or not sys.stderr.isatty()
-    return tqdm(total=total, desc=desc, unit="step", disable=quiet, dynamic_ncols=True, leave=False)
 
 
 class Trainer:
@@ -550,12 +411,3 @@ def fit(config: DictConfig | dict | None = None, *, data: ImageData | None = Non
         return Trainer(cfg, data=data, log=log, on_epoch=on_epoch, resume=resume).fit()
     finally:
         distributed.shutdown()  # the process group, if this run created it (torchrun)
-
-def _check_shapes(cfg: DictConfig, data: ImageData) -> None:
-    _, h, w = data.image_shape
-    stages = {"conv32": 2, "conv128": 3}.get(cfg.model.name)
-    expected = cfg.data.image_size
-    if (h, w) != (expected, expected) and cfg.data.name != "npz":
-        raise UserError(f"dataset {cfg.data.name} gave {h}x{w} images but {expected}x{expected} were expected")
-    if stages and (h % 2**stages or w % 2**stages):
-        raise UserError(f"model {cfg.model.name} needs image sides divisible by {2**stages}, got {h}x{w}")
