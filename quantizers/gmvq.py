@@ -196,14 +196,21 @@ class GMVQ(Quantizer):
 
         ``gumbel`` (N, C) and ``normal`` (N, L) fix the noise (tests); drawn when None.
         """
-        codebook = self.codebook.to(z.dtype)
         c_q, indices, _ = Fq.gumbel_softmax_st(log_pi, float(self.tau), noise=gumbel)
-        noise = torch.randn_like(z) if normal is None else normal
-        std = self.component_std((z - codebook[indices]).pow(2).sum(-1))
         with torch.autocast(z.device.type, enabled=False):  # the sample in fp32 under autocast too
-            z_s = c_q @ codebook + std[:, None] * noise
+            centre = c_q @ self.codebook.to(z.dtype)
+        z_s, sampled_sq = self._add_noise(z, centre, indices, normal)
+        return z_s, indices, sampled_sq
+
+    def _add_noise(self, z: Tensor, centre: Tensor, indices: Tensor, normal: Tensor | None = None
+                   ) -> tuple[Tensor, Tensor]:
+        """(z = centre + σ_j ε, σ_j²‖ε‖²) with σ_j from eq. 18; both paths' last step."""
+        noise = torch.randn_like(z) if normal is None else normal
+        std = self.component_std((z - self.codebook.to(z.dtype)[indices]).pow(2).sum(-1))
+        with torch.autocast(z.device.type, enabled=False):
+            z_s = centre + std[:, None] * noise
         # ‖z − μ_j‖² = σ_j²‖ε‖²: only σ_j carries gradient (a commitment-like pull).
-        return z_s, indices, std.pow(2) * noise.pow(2).sum(-1)
+        return z_s, std.pow(2) * noise.pow(2).sum(-1)
 
     def latent_regularizer(self, z: Tensor, probs: Tensor, q_batch: Tensor, sampled_sq: Tensor) -> Tensor:
         """Mean over vectors of eq. 14's LatReg under the configured reading (one sample)."""
@@ -235,13 +242,20 @@ class GMVQ(Quantizer):
 
     def _working(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(z in its compute dtype, log π, π, q^B): fp32 under low precision, else z's dtype."""
-        zw = z.float() if z.dtype in LOW_PRECISION else z
-        if self.training and self._needs_calibration():
-            self.calibrate_precision(zw.detach())
+        zw = self._calibrated(z.float() if z.dtype in LOW_PRECISION else z)
         log_pi = self.log_posterior(zw)
         probs = log_pi.exp()
-        global_batch = self.training and self.aggregate == "global"
-        return zw, log_pi, probs, Fq.aggregated_posterior(probs, global_batch=global_batch)
+        return zw, log_pi, probs, self._batch_posterior(probs)
+
+    def _calibrated(self, z: Tensor) -> Tensor:
+        """``z`` unchanged, once the precision scale has been set from it (first training batch)."""
+        if self.training and self._needs_calibration():
+            self.calibrate_precision(z.detach())
+        return z
+
+    def _batch_posterior(self, probs: Tensor) -> Tensor:
+        """q^B (eq. 12): over every rank's batch in training with ``aggregate="global"``."""
+        return Fq.aggregated_posterior(probs, global_batch=self.training and self.aggregate == "global")
 
     def _entropy_term(self, zw: Tensor, probs: Tensor) -> Tensor:
         variances = self.component_variance(Fq.squared_distances(zw, self.codebook.to(zw.dtype)))
@@ -260,18 +274,12 @@ class GMVQ(Quantizer):
         if self.fused and z.dtype != torch.float64:
             # One pass for π, q^B's input and the Gumbel sample (quantizers/fused.py); same
             # function and the same noise draws as the plain path below.
-            zw = z.float()
-            if self.training and self._needs_calibration():
-                self.calibrate_precision(zw.detach())
-            codebook = self.codebook.float()
+            zw = self._calibrated(z.float())
             probs, centre, indices, post_entropy = gmvq_posterior_sample(
-                zw, self.precision_weights(zw), codebook, self.tau, sample=self.training)
-            q_batch = Fq.aggregated_posterior(probs, global_batch=self.training and self.aggregate == "global")
+                zw, self.precision_weights(zw), self.codebook.float(), self.tau, sample=self.training)
+            q_batch = self._batch_posterior(probs)
             if self.training:
-                noise = torch.randn_like(zw)
-                std = self.component_std((zw - codebook[indices]).pow(2).sum(-1))
-                z_s = centre + std[:, None] * noise
-                sampled_sq = std.pow(2) * noise.pow(2).sum(-1)
+                z_s, sampled_sq = self._add_noise(zw, centre, indices)
             else:
                 z_s, sampled_sq = centre, torch.zeros_like(zw[:, 0])
         else:

@@ -192,7 +192,8 @@ def _load_entry_points() -> None:
 
 
 def _first_doc_line(obj: Any) -> str:
-    return (inspect.getdoc(obj) or "").strip().splitlines()[0] if inspect.getdoc(obj) else ""
+    lines = (inspect.getdoc(obj) or "").strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def _ensure_loaded() -> None:

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
 from .registry import registry_document
+from .runio import write_atomic
 
 ROWS = "rows"
 METRICS = ("mse", "perplexity", "code_perplexity", "codes_used")
@@ -120,13 +120,7 @@ def append_row(results_dir: str | os.PathLike, cfg: DictConfig, summary: dict[st
     except OSError as exc:
         raise UserError(f"cannot write the results folder {folder}: {exc.strerror}; set results=PATH") from exc
     path = folder / f"{row['run_id']}.parquet"
-    # pid + time in the temporary name: two writers of one run id never share a tmp file.
-    tmp = folder / f".{row['run_id']}.{os.getpid()}.{time.monotonic_ns()}.tmp"
-    with open(tmp, "wb") as fh:
-        pd.DataFrame([row]).to_parquet(fh, index=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, lambda fh: pd.DataFrame([row]).to_parquet(fh, index=False), "wb")
     return path
 
 

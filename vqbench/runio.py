@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import random
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, write, mode: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+def write_atomic(path: Path, write, mode: str) -> None:
+    """``write(fh)`` into a temporary file, fsync, rename over ``path``, fsync the folder.
+
+    The temporary name carries pid and time, so concurrent writers of one path (sweep
+    workers writing result rows) never share it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     with open(tmp, mode) as fh:
         write(fh)
         fh.flush()
@@ -50,11 +55,11 @@ def _write_atomic(path: Path, write, mode: str) -> None:
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    _write_atomic(path, lambda fh: json.dump(payload, fh, indent=2, default=str), "w")
+    write_atomic(path, lambda fh: json.dump(payload, fh, indent=2, default=str), "w")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    _write_atomic(path, lambda fh: fh.write(text), "w")
+    write_atomic(path, lambda fh: fh.write(text), "w")
 
 
 def write_jsonl_atomic(path: Path, records: list[dict[str, Any]]) -> None:
@@ -62,7 +67,7 @@ def write_jsonl_atomic(path: Path, records: list[dict[str, Any]]) -> None:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    _write_atomic(path, lambda fh: torch.save(state, fh), "wb")
+    write_atomic(path, lambda fh: torch.save(state, fh), "wb")
 
 
 def load_checkpoint_file(path: Path) -> dict[str, Any]:

@@ -36,13 +36,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def model_class(name: str) -> type[ConvAutoencoder]:
+    """The autoencoder class registry.yaml names for ``name``."""
+    module_name, _, cls_name = registry_document()["models"][name]["class"].partition(":")
+    return getattr(__import__(module_name, fromlist=[cls_name]), cls_name)
+
+
 def build_model(cfg: DictConfig) -> ConvAutoencoder:
     qkwargs = {k: v for k, v in OmegaConf.to_container(cfg.quantizer).items() if k != "name"}
     quantizer = build_quantizer(cfg.quantizer.name, **qkwargs)
-    spec = registry_document()["models"][cfg.model.name]
-    module_name, _, cls_name = spec["class"].partition(":")
-    cls = getattr(__import__(module_name, fromlist=[cls_name]), cls_name)
-    return cls(quantizer, latent_dim=cfg.model.latent_dim, channels=cfg.model.channels,
+    return model_class(cfg.model.name)(quantizer, latent_dim=cfg.model.latent_dim, channels=cfg.model.channels,
                res_blocks=cfg.model.res_blocks)
 
 
@@ -159,9 +162,9 @@ def _progress(total: int, desc: str):
 
 def _check_shapes(cfg: DictConfig, data: ImageData) -> None:
     _, h, w = data.image_shape
-    stages = {"conv32": 2, "conv128": 3}.get(cfg.model.name)
+    factor = 2 ** model_class(cfg.model.name).stages  # the model's total downsampling
     expected = cfg.data.image_size
     if (h, w) != (expected, expected) and cfg.data.name != "npz":
         raise UserError(f"dataset {cfg.data.name} gave {h}x{w} images but {expected}x{expected} were expected")
-    if stages and (h % 2**stages or w % 2**stages):
-        raise UserError(f"model {cfg.model.name} needs image sides divisible by {2**stages}, got {h}x{w}")
+    if h % factor or w % factor:
+        raise UserError(f"model {cfg.model.name} needs image sides divisible by {factor}, got {h}x{w}")
