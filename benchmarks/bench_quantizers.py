@@ -13,7 +13,9 @@ during one step, above what was allocated before it; on CPU the growth of the pr
 max RSS (``resource.getrusage``) over one step in a fresh subprocess per quantizer (the
 peak is reset through /proc/self/clear_refs first, so the interpreter's import-time peak does
 not hide it; where that is unavailable, the growth of ru_maxrss, a lower bound).
-``gmvq-plain`` is ``gmvq`` with ``fused=False`` (the reference path), for comparison.
+``gmvq-plain`` is ``gmvq`` with ``fused=False`` (the reference path), for comparison; any name
+takes the suffixes ``-compiled`` (``torch.compile``) and ``-tf32`` (TF32 matmuls), the
+anchor's too (see ``build``). A variant that fails to build or compile is reported, not fatal.
 """
 from __future__ import annotations
 
@@ -35,33 +37,62 @@ sys.path.insert(0, str(ROOT))
 ANCHOR = "VectorQuantize"
 
 
+SUFFIXES = ("-plain", "-compiled", "-tf32")
+
+
+def split_name(name: str) -> tuple[str, set[str]]:
+    """'gmvq-compiled-tf32' → ('gmvq', {'compiled', 'tf32'})."""
+    flags = set()
+    while name.endswith(SUFFIXES):
+        suffix = next(x for x in SUFFIXES if name.endswith(x))
+        flags.add(suffix[1:])
+        name = name.removesuffix(suffix)
+    return name, flags
+
+
 def build(name: str, codes: int, dim: int, device: torch.device):
-    """(module, step(z, grad) -> None): one forward + backward."""
-    if name == ANCHOR:
+    """(module, step(z, grad) -> None): one forward + backward.
+
+    Suffixes: ``-plain`` GM-VQ's reference path (``fused=False``); ``-compiled`` the module
+    under ``torch.compile`` (forward and, through AOTAutograd, backward); ``-tf32`` the step
+    under ``torch.set_float32_matmul_precision("high")`` (TF32 tensor cores on CUDA).
+    """
+    base, flags = split_name(name)
+    if base == ANCHOR:
         from vector_quantize_pytorch import VectorQuantize
 
         # STE, learnable codebook, no EMA, no rotation trick: plain VQ-VAE semantics.
-        vq = VectorQuantize(dim=dim, codebook_size=codes, learnable_codebook=True, ema_update=False,
-                            rotation_trick=False).to(device).train()
+        module = VectorQuantize(dim=dim, codebook_size=codes, learnable_codebook=True, ema_update=False,
+                                rotation_trick=False).to(device).train()
 
-        def step(z, g):
-            quantized, _, loss = vq(z[None])
-            ((quantized[0] * g).sum() + loss.sum()).backward()
-        return vq, step
-    from vqbench.registry import build_quantizer
+        def forward(z):
+            quantized, _, loss = module(z[None])
+            return quantized[0], loss.sum()
+    else:
+        from vqbench.registry import build_quantizer
 
-    base = name.removesuffix("-plain")
-    kwargs = {"fused": False} if name.endswith("-plain") else {}
-    q = build_quantizer(base, num_codes=codes, dim=dim, **kwargs).to(device).train()
-    raw = q.codebook_parameter()
-    if raw is not None:  # codes at the inputs' scale (k-means here would set the CPU peak)
-        with torch.no_grad():
-            raw.copy_(torch.randn(raw.shape, generator=torch.Generator().manual_seed(1)).to(device) * 0.5)
+        module = build_quantizer(base, num_codes=codes, dim=dim,
+                                 **({"fused": False} if "plain" in flags else {})).to(device).train()
+        raw = module.codebook_parameter()
+        if raw is not None:  # codes at the inputs' scale (k-means here would set the CPU peak)
+            with torch.no_grad():
+                raw.copy_(torch.randn(raw.shape, generator=torch.Generator().manual_seed(1)).to(device) * 0.5)
+
+        def forward(z):
+            out = module(z)
+            return out.z_q, out.loss
+    if "compiled" in flags:
+        module.compile(dynamic=False)
+    precision = "high" if "tf32" in flags else "highest"
 
     def step(z, g):
-        out = q(z)
-        ((out.z_q.float() * g).sum() + out.loss).backward()
-    return q, step
+        torch.set_float32_matmul_precision(precision)
+        try:
+            z_q, loss = forward(z)
+            ((z_q.float() * g).sum() + loss).backward()
+        finally:
+            torch.set_float32_matmul_precision("highest")
+    return module, step
 
 
 def inputs(n: int, dim: int, device: torch.device):
@@ -76,10 +107,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def peak_mib_cuda(name: str, args, device: torch.device) -> float:
-    module, step = build(name, args.codes, args.dim, device)
-    z, g = inputs(args.tokens, args.dim, device)
-    step(z, g)  # warm-up: lazy state, cuBLAS workspaces
+def peak_mib_cuda(module, step, z, g, device: torch.device) -> float:
+    """Allocation peak of one (warmed-up) step above what was allocated before it."""
     module.zero_grad(set_to_none=True)
     z.grad = None
     sync(device)
@@ -87,10 +116,7 @@ def peak_mib_cuda(name: str, args, device: torch.device) -> float:
     before = torch.cuda.memory_allocated(device)
     step(z, g)
     sync(device)
-    peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    del module, step, z, g
-    torch.cuda.empty_cache()
-    return peak
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
 
 
 def peak_mib_cpu(name: str, args) -> float:
@@ -130,10 +156,22 @@ def run(args) -> dict:
     names = args.only or [ANCHOR, *list_names(), "gmvq-plain"]
     if ANCHOR not in names:
         names = [ANCHOR, *names]
-    steps = {name: build(name, args.codes, args.dim, device)[1] for name in names}
+    steps, errors, peaks = {}, {}, {}
     z, g = inputs(args.tokens, args.dim, device)
-    for name in names:  # warm-up (and GM-VQ's precision calibration on its first batch)
-        steps[name](z, g)
+    for name in names:  # warm-up (compile; GM-VQ's precision calibration on its first batch)
+        try:
+            module, steps[name] = build(name, args.codes, args.dim, device)
+            steps[name](z, g)
+            steps[name](z, g)
+            if device.type == "cuda":  # here, so a compiled variant is not compiled twice
+                peaks[name] = peak_mib_cuda(module, steps[name], z, g, device)
+        except Exception as exc:  # noqa: BLE001 - a failing variant is reported, the rest still run
+            steps.pop(name, None)
+            errors[name] = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
+            print(f"{name} FAILED: {errors[name]}", file=sys.stderr, flush=True)
+            if name == ANCHOR:
+                raise SystemExit(f"bench_quantizers: error: the anchor failed: {errors[name]}")
+    names = [n for n in names if n in steps]
     times: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(args.repeats):
         for name in names:
@@ -148,7 +186,7 @@ def run(args) -> dict:
     results = []
     for name in names:
         ratios = [a / t for a, t in zip(times[ANCHOR], times[name])]
-        peak = peak_mib_cuda(name, args, device) if device.type == "cuda" else peak_mib_cpu(name, args)
+        peak = peaks[name] if device.type == "cuda" else peak_mib_cpu(name, args)
         results.append({"name": name, "tokens_per_s": args.tokens / statistics.median(times[name]),
                         "peak_mib": peak, "ratio": statistics.median(ratios),
                         "ratio_min": min(ratios), "ratio_max": max(ratios)})
@@ -157,7 +195,7 @@ def run(args) -> dict:
             "threads": torch.get_num_threads(), "anchor": ANCHOR,
             "peak_method": "cuda max_memory_allocated" if device.type == "cuda"
             else "peak RSS (VmHWM after resetting it) minus RSS before one step, fresh subprocess each",
-            "results": results}
+            "results": results, "errors": errors}
 
 
 def list_names() -> list[str]:
@@ -177,6 +215,8 @@ def print_table(report: dict) -> None:
     for r in report["results"]:
         print(f"{r['name']:<20}{r['tokens_per_s']:>14,.0f}{r['peak_mib']:>10.0f}{r['ratio']:>8.2f}"
               f"  ({r['ratio_min']:.2f}–{r['ratio_max']:.2f})")
+    for name, error in report.get("errors", {}).items():
+        print(f"{name:<20}FAILED  {error}")
 
 
 def main(argv: list[str] | None = None) -> int:

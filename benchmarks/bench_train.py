@@ -3,15 +3,23 @@ CIFAR-10 shard, GM-VQ and VQ-VAE on the fast path beside the same model with an 
 bottleneck (the ceiling) and the eager baseline, all in one process.
 
     python benchmarks/bench_train.py --device cpu --steps 3 --repeats 3
-    python benchmarks/bench_train.py --device cuda --json train.json      # compile: reduce-overhead
+    python benchmarks/bench_train.py --device cuda --json train.json
 
-Variants (each a runner ``Trainer``; its ``train_step`` is what is timed: forward, loss,
-backward, AdamW, scheduler, quantizer hooks; batches gathered on the device from uint8):
+Variants (each a runner ``Trainer``; its ``step_batch`` is what is timed: gather from the
+uint8 split on the device, forward, loss, backward, AdamW, scheduler, quantizer hooks):
 
 - ``eager``: GM-VQ's plain path (``fused=False``), no ``torch.compile``, the runner's
   defaults otherwise (bf16 autocast and channels_last on CUDA): the pre-fast-path step.
-- ``gmvq`` / ``vqvae`` / ``identity``: the fast path (fused GM-VQ, ``train.compile`` =
-  ``--compile``, default reduce-overhead on CUDA, none on CPU).
+- ``gmvq`` / ``vqvae`` / ``identity``: the fast path. On CUDA: fused GM-VQ,
+  ``train.compile=--compile`` (default ``default``) and ``train.cuda_graph=true`` (the
+  whole step one CUDA graph, vqbench/stepgraph.py); on CPU: ``train.compile=none``.
+- CUDA only, one lever at a time: ``gmvq-compiled`` (compile reduce-overhead, optimiser
+  eager: the model's forward/backward graphed by inductor), ``gmvq-graph-eager`` (whole-step
+  graph, no inductor), ``gmvq-tf32`` / ``identity-tf32`` (the fast path with
+  ``train.matmul_precision=high``).
+
+A variant that fails to build, compile or capture is reported (table and JSON ``errors``)
+and the others still run.
 
 Rounds are interleaved (every variant runs ``--steps`` steps per round) and a ratio is the
 median over rounds of the two variants' images/s in the same round, so a shared, loaded
@@ -68,10 +76,23 @@ def load_shard(path: Path | None, limit: int) -> ImageData:
     return ImageData(train=x, test=x[:256])
 
 
-def variants(compile_mode: str) -> dict[str, tuple[str, list[str]]]:
-    fast = [f"train.compile={compile_mode}"]
+def variants(device: str, compile_mode: str) -> dict[str, tuple[str, list[str]]]:
+    """name → (quantizer, overrides). The fast path on CUDA: compiled model, whole step in
+    one CUDA graph; the extra CUDA rows isolate what each lever buys."""
+    if device != "cuda":
+        fast = [f"train.compile={compile_mode}"]
+        return {"eager": ("gmvq", ["quantizer.fused=false", "train.compile=none"]),
+                "gmvq": ("gmvq", fast), "vqvae": ("vqvae", fast), "identity": ("identity", fast)}
+    fast = [f"train.compile={compile_mode}", "train.cuda_graph=true"]
+    # Most telling first: --budget-s drops variants from the end.
     return {"eager": ("gmvq", ["quantizer.fused=false", "train.compile=none"]),
-            "gmvq": ("gmvq", fast), "vqvae": ("vqvae", fast), "identity": ("identity", fast)}
+            "identity": ("identity", fast),
+            "gmvq": ("gmvq", fast),
+            "gmvq-tf32": ("gmvq", [*fast, "train.matmul_precision=high"]),
+            "vqvae": ("vqvae", fast),
+            "gmvq-graph-eager": ("gmvq", ["train.compile=none", "train.cuda_graph=true"]),  # no inductor
+            "gmvq-compiled": ("gmvq", ["train.compile=reduce-overhead"]),  # model graphs, optimiser eager
+            "identity-tf32": ("identity", [*fast, "train.matmul_precision=high"])}
 
 
 def make_trainer(quantizer: str, overrides: list[str], args, data: ImageData, out: str) -> Trainer:
@@ -93,29 +114,47 @@ def run_steps(trainer: Trainer, steps: int, order: torch.Tensor) -> torch.Tensor
     loss = None
     for _ in range(steps):
         start = (trainer.step * trainer.batch_size) % (len(order) - trainer.batch_size + 1)
-        x = to_float_images(trainer.train_images[order[start:start + trainer.batch_size]], trainer.channels_last)
-        loss, _, _ = trainer.train_step(x)
+        loss, _, _ = trainer.step_batch(order[start:start + trainer.batch_size])
         trainer.step += 1
     return loss
 
 
+def warm_up(name: str, quantizer: str, overrides: list[str], args, data: ImageData, out: str,
+            order: torch.Tensor) -> tuple[Trainer, float]:
+    """Build the trainer and run its untimed steps (compile, graph capture, calibration)."""
+    sync(args.device)
+    t0 = time.perf_counter()
+    trainer = make_trainer(quantizer, overrides, args, data, out)
+    loss = run_steps(trainer, args.warmup, order)
+    if not torch.isfinite(loss):
+        raise RuntimeError(f"diverged during warm-up (loss {float(loss)})")
+    sync(args.device)
+    return trainer, time.perf_counter() - t0
+
+
 def run(args) -> dict:
     data = load_shard(args.data, args.images)
-    names = args.only or list(variants(args.compile))
+    table = variants(args.device, args.compile)
+    names = args.only or list(table)
+    unknown = sorted(set(names) - set(table))
+    if unknown:
+        raise SystemExit(f"bench_train: error: no variant {', '.join(unknown)} on {args.device}; "
+                         f"choose from {', '.join(table)}")
+    trainers, compile_s, errors = {}, {}, {}
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0)).to(args.device)
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
-        trainers = {n: make_trainer(*variants(args.compile)[n], args, data, out) for n in names}
-        order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0)).to(args.device)
-        compile_s = {}
-        for name, trainer in trainers.items():  # warm-up: compile, CUDA graphs, calibration
-            sync(args.device)
-            t0 = time.perf_counter()
-            loss = run_steps(trainer, args.warmup, order)
-            if not torch.isfinite(loss):
-                raise SystemExit(f"bench_train: error: {name} diverged during warm-up (loss {float(loss)})")
-            sync(args.device)
-            compile_s[name] = time.perf_counter() - t0
-            print(f"warm-up {name}: {compile_s[name]:.1f} s", file=sys.stderr, flush=True)
-        times = {n: [] for n in names}
+        for name in names:  # one variant failing (a compile or capture error) does not stop the rest
+            if args.budget_s and time.perf_counter() - started > args.budget_s:
+                errors[name] = f"skipped: warm-ups passed --budget-s {args.budget_s:g}"
+                continue
+            try:
+                trainers[name], compile_s[name] = warm_up(name, *table[name], args, data, out, order)
+                print(f"warm-up {name}: {compile_s[name]:.1f} s", file=sys.stderr, flush=True)
+            except Exception as exc:  # noqa: BLE001 - reported in the table and the JSON
+                errors[name] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+                print(f"warm-up {name} FAILED: {errors[name]}", file=sys.stderr, flush=True)
+        times = {n: [] for n in trainers}
         for _ in range(args.repeats):
             for name, trainer in trainers.items():
                 sync(args.device)
@@ -130,23 +169,26 @@ def run(args) -> dict:
             return None
         return statistics.median(x / y for x, y in zip(per_round[a], per_round[b]))
 
-    results = [{"name": n, "images_per_s": statistics.median(per_round[n]), "warmup_s": compile_s[n],
+    results = [{"name": n, "quantizer": table[n][0], "overrides": table[n][1],
+                "images_per_s": statistics.median(per_round[n]), "warmup_s": compile_s[n],
                 "ratio_to_identity": ratio(n, "identity"), "ratio_to_eager": ratio(n, "eager")}
-               for n in names]
+               for n in trainers]
     return {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
             "torch": torch.__version__, "batch_size": args.batch_size, "steps": args.steps,
             "repeats": args.repeats, "compile": args.compile, "threads": torch.get_num_threads(),
-            "results": results}
+            "results": results, "errors": errors}
 
 
 def print_table(report: dict) -> None:
     print(f"# conv32 train step, batch {report['batch_size']}, {report['device']}, torch {report['torch']}, "
           f"fast path compile={report['compile']}, {report['threads']} threads")
-    print(f"{'variant':<10}{'images/s':>12}{'× identity':>12}{'× eager':>10}{'warm-up s':>11}")
+    print(f"{'variant':<18}{'images/s':>12}{'× identity':>12}{'× eager':>10}{'warm-up s':>11}")
     fmt = lambda v: "—" if v is None else f"{v:.2f}"  # noqa: E731
     for r in report["results"]:
-        print(f"{r['name']:<10}{r['images_per_s']:>12,.0f}{fmt(r['ratio_to_identity']):>12}"
+        print(f"{r['name']:<18}{r['images_per_s']:>12,.0f}{fmt(r['ratio_to_identity']):>12}"
               f"{fmt(r['ratio_to_eager']):>10}{r['warmup_s']:>11.1f}")
+    for name, error in report["errors"].items():
+        print(f"{name:<18}FAILED  {error}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,10 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="steps per variant per round (default 50 cuda, 3 cpu)")
     p.add_argument("--warmup", type=int, help="untimed steps first (default 20 cuda, 2 cpu)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--compile", help="train.compile of the fast path (default reduce-overhead cuda, none cpu)")
+    p.add_argument("--compile", help="train.compile of the fast path (default: default on cuda, with "
+                   "train.cuda_graph=true; none on cpu)")
     p.add_argument("--threads", type=int, help="torch threads (default 1 on cpu, see bench_quantizers)")
-    p.add_argument("--only", nargs="+", choices=list(variants("none")))
+    p.add_argument("--only", nargs="+", help="variant names (default: all for the device)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget-s", type=float, help="skip the variants not yet warmed up after this many "
+                   "seconds (compiles are the slow part), so a time-limited run still prints its table")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -169,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cuda = args.device == "cuda"
     args.steps = args.steps or (50 if cuda else 3)
-    args.warmup = args.warmup or (20 if cuda else 2)
-    args.compile = args.compile or ("reduce-overhead" if cuda else "none")
+    args.warmup = args.warmup or (10 if cuda else 2)
+    args.compile = args.compile or ("default" if cuda else "none")
     torch.set_num_threads(args.threads or (torch.get_num_threads() if cuda else 1))
     report = run(args)
     print_table(report)

@@ -74,6 +74,9 @@ def _cases(d: str) -> dict[str, tuple[list[str], str]]:
                                             "k-means needs at least 512 encoder outputs"),
         "output folder not writable": ([*tiny, "--out", f"{d}/a-file/runs"], "cannot write the run folder"),
         "--resume with no run": ([*tiny, "--resume"], "nothing to resume"),
+        "CUDA graph on a CPU": ([*tiny, "train.cuda_graph=true"], "train.cuda_graph=true needs a CUDA device"),
+        "unknown matmul precision": ([*tiny, "train.matmul_precision=tf32"],
+                                     "train.matmul_precision must be highest, high or medium"),
     }
 
 

@@ -60,6 +60,12 @@ class TrainConfig:
     # compiling costs minutes), default, reduce-overhead (CUDA graphs), max-autotune,
     # max-autotune-no-cudagraphs. See docs/performance.md.
     compile: str = "none"
+    # The whole step (gather, forward, backward, AdamW) replayed as one CUDA graph; CUDA
+    # only, with compile none/default/max-autotune-no-cudagraphs. vqbench/stepgraph.py.
+    cuda_graph: bool = False
+    # torch.set_float32_matmul_precision: highest (exact fp32), high (TF32 on tensor cores:
+    # the quantizer's fp32 distance matmuls get ≈ 7× faster on an H100, 10-bit mantissa).
+    matmul_precision: str = "highest"
     checkpoint_every: Optional[int] = None  # also every K steps (epoch ends always)
 
 
@@ -79,7 +85,7 @@ class RunConfig:
 # Keys that say where and how a run is stored, not what it computes: left out of the hash
 # (so a resumed run may change them and still find its run folder).
 _NOT_HASHED = ("out", "name", "device", "results")
-_NOT_HASHED_TRAIN = ("checkpoint_every",)
+_NOT_HASHED_TRAIN = ("checkpoint_every", "cuda_graph")  # cuda_graph: the same step, replayed
 
 
 def _first_line(exc: Exception) -> str:
@@ -140,6 +146,7 @@ def _check_ranges(cfg: DictConfig) -> None:
         (t.kmeans_samples >= 1, "train.kmeans_samples must be ≥ 1"),
         (t.grad_clip is None or t.grad_clip > 0, "train.grad_clip must be > 0 (or null)"),
         (t.amp in ("auto", "bf16", "none"), "train.amp must be auto, bf16 or none"),
+        (t.matmul_precision in ("highest", "high", "medium"), "train.matmul_precision must be highest, high or medium"),
         (t.checkpoint_every is None or t.checkpoint_every >= 1, "train.checkpoint_every must be ≥ 1"),
         (cfg.model.latent_dim >= 1, "model.latent_dim must be ≥ 1"),
         (cfg.model.channels >= 1, "model.channels must be ≥ 1"),
@@ -225,4 +232,6 @@ def config_hash(cfg: DictConfig) -> str:
         data.pop(key, None)
     for key in _NOT_HASHED_TRAIN:
         data.get("train", {}).pop(key, None)
+    if data.get("train", {}).get("matmul_precision") == "highest":  # hashes from before the option stay
+        data["train"].pop("matmul_precision")
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]

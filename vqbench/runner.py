@@ -24,8 +24,9 @@ from . import distributed
 from .config import config_hash, resolve_config
 from .data import ImageData, load_dataset
 from .errors import UserError
+from .stepgraph import GraphedStep, check_cuda_graph
 from .training import (_check_shapes, _progress, build_model, collect_latents, compile_model,  # noqa: F401
-                       evaluate, kmeans_image_count, lr_factor, make_optimizer, mean_image_mse,
+                       evaluate, kmeans_image_count, lr_factor, lrs_as_tensors, make_optimizer, mean_image_mse,
                        resolve_device, seed_everything, to_float_images)
 from .runio import (CHECKPOINT, CONFIG, METRICS, SUMMARY, check_run_dir_matches, load_checkpoint_file,
                     prepare_run_dir, read_metrics, read_summary, rng_state, run_dir_for, save_checkpoint,
@@ -79,7 +80,11 @@ class Trainer:
         self.model = build_model(cfg).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        check_cuda_graph(cfg, self.device, self.dist.world_size > 1)
+        # "high" lets fp32 matmuls (the quantizer's distances) use TF32 tensor cores.
+        torch.set_float32_matmul_precision(cfg.train.matmul_precision)
         self.cudagraphs = compile_model(self.model, cfg.train.compile)
+        self.graphed_step: GraphedStep | None = None
         self.model = self.dist.prepare_model(self.model, cfg.seed)  # DDP when distributed
         amp = cfg.train.amp if cfg.train.amp != "auto" else ("bf16" if self.use_cuda else "none")
         self.amp_dtype = torch.bfloat16 if amp == "bf16" else None
@@ -127,8 +132,9 @@ class Trainer:
                 "use more images, or set train.kmeans_init=false")
 
     def autocast(self):
+        # A captured graph must not reuse autocast's cast cache across replays.
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                              enabled=self.amp_dtype is not None)
+                              enabled=self.amp_dtype is not None, cache_enabled=not self.cfg.train.cuda_graph)
 
     def init_codebook(self) -> None:
         cfg, quantizer = self.cfg, self.model.quantizer
@@ -146,25 +152,48 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda s: lr_factor(s, self.total_steps, cfg.train.warmup_fraction, cfg.train.warmup_start_factor))
+        if cfg.train.cuda_graph:
+            self.graphed_step = GraphedStep(self)
 
     def train_step(self, x: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """One optimiser step on a batch; returns (loss, mse, quantizer terms), not synced."""
-        model = self.model
+        self.before_update()
+        result = self.update(x)
+        self.after_update()
+        return result
+
+    def step_batch(self, indices: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """``train_step`` on the training images at ``indices`` (a device tensor), gathered on
+        the device; the whole step is one CUDA-graph replay with ``train.cuda_graph``."""
+        if self.graphed_step is not None:
+            return self.graphed_step(indices)
+        return self.train_step(to_float_images(self.train_images[indices], self.channels_last))
+
+    def before_update(self) -> None:
+        """Host-side state of this step: τ's schedule (a buffer write)."""
         if self.cudagraphs:  # the previous step's graph outputs may now be overwritten
             torch.compiler.cudagraph_mark_step_begin()
-        model.quantizer.set_progress(self.step / max(self.total_steps - 1, 1))
+        self.model.quantizer.set_progress(self.step / max(self.total_steps - 1, 1))
+
+    def update(self, x: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Forward, loss, backward, clipping, AdamW: the part a CUDA graph can hold."""
+        model = self.model
         with self.autocast():
             x_hat, out = model(x)
         x_hat = x_hat.float()
         loss = model.quantizer.reconstruction_loss(x, x_hat) + out.loss
-        self.optimizer.zero_grad(set_to_none=True)
+        if self.graphed_step is None:  # a captured backward writes fresh .grad (stepgraph)
+            self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.train.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.train.grad_clip)
         self.optimizer.step()
-        self.scheduler.step()
-        model.quantizer.after_optimizer_step()
         return loss.detach(), (x_hat.detach() - x).pow(2).mean(), out.terms
+
+    def after_update(self) -> None:
+        """The lr schedule and the quantizer's post-step hook (dead-code replacement)."""
+        self.scheduler.step()
+        self.model.quantizer.after_optimizer_step()
 
     def check_finite(self, window: list[tuple[int, Tensor, dict[str, Tensor]]]) -> None:
         """Raise DivergenceError naming the first step in ``window`` whose loss is non-finite.
@@ -208,9 +237,7 @@ class Trainer:
         for b in range(first, self.steps_per_epoch):
             if self.step >= self.total_steps:
                 break
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            x = to_float_images(self.train_images[idx], self.channels_last)
-            loss, mse, terms = self.train_step(x)
+            loss, mse, terms = self.step_batch(order[b * self.batch_size:(b + 1) * self.batch_size])
             loss_sum += loss
             mse_sum += mse
             steps += 1
@@ -238,7 +265,7 @@ class Trainer:
         metrics = self.evaluate()
         return {"epoch": self.epoch, "step": self.step,
                 "train_loss": float(loss_sum) / max(steps, 1), "train_mse": float(mse_sum) / max(steps, 1),
-                **metrics, "lr": self.scheduler.get_last_lr()[0],
+                **metrics, "lr": float(self.scheduler.get_last_lr()[0]),
                 "images_per_s": steps * self.batch_size / max(seconds, 1e-9),
                 **{f"q_{k}": float(v) for k, v in terms.items() if v.numel() == 1}}
 
@@ -278,6 +305,8 @@ class Trainer:
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+            if self.cfg.train.cuda_graph:  # the file may come from an uncaptured run
+                lrs_as_tensors(self.optimizer, self.device)
             self.scheduler.load_state_dict(state["scheduler"])
             mine = state.get("per_rank") or []
             mine = mine[self.dist.rank] if len(mine) == self.dist.world_size else \

@@ -75,7 +75,21 @@ def make_optimizer(model: ConvAutoencoder, cfg: DictConfig, device: torch.device
     for group in groups:
         group["initial_lr"] = group["lr"]
     fused = device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=lr, weight_decay=wd, fused=fused)
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=wd, fused=fused, capturable=bool(cfg.train.cuda_graph))
+    if cfg.train.cuda_graph:
+        lrs_as_tensors(optimizer, device)
+    return optimizer
+
+
+def lrs_as_tensors(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Each group's lr as a device tensor that the scheduler fills in place, so a captured
+    (CUDA-graph) AdamW step reads the current lr instead of the one at capture."""
+    for group in optimizer.param_groups:
+        group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
+        group["capturable"] = device.type == "cuda"  # CPU AdamW has no capturable mode
+
+
+MATMUL_PRECISIONS = ("highest", "high", "medium")
 
 
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

@@ -1,0 +1,126 @@
+"""The whole-step CUDA graph (``train.cuda_graph``, vqbench/stepgraph.py) on the CPU.
+
+CI has no GPU, so the graph itself is replaced by an eager stand-in with the same contract
+(capture records without running, replay runs the recorded step on the static index buffer,
+and the captured backward writes fresh gradients). What is tested is everything around it:
+the side-stream warm-up steps, the static buffers, the lr tensors the scheduler fills in
+place, τ's schedule applied outside the graph, the stacked scalars, and that the steps are
+the same optimisation as the plain path's. ``benchmarks/gpu_check.sh`` runs the real graph.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from vqbench.config import config_hash, resolve_config
+from vqbench.errors import UserError
+from vqbench.runner import Trainer
+from vqbench.stepgraph import EAGER_STEPS, GraphedStep, check_cuda_graph
+from vqbench.training import lrs_as_tensors
+
+
+class EagerGraph:
+    """Stands in for CudaGraphBackend: capture records ``body`` without running it."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer, self.body, self.out, self.replays, self.warm_ups = optimizer, None, None, 0, 0
+
+    def warm_up(self, body):
+        self.warm_ups += 1
+        return body()
+
+    def capture(self, body):
+        self.body, self.out = body, torch.empty(0)
+        return self.out
+
+    def replay(self):
+        self.replays += 1
+        self.optimizer.zero_grad(set_to_none=True)  # a captured backward writes, never accumulates
+        out = self.body()
+        self.out.resize_(out.shape).copy_(out)
+
+
+def make_trainer(tmp_path, quantizer: str = "gmvq") -> Trainer:
+    cfg = resolve_config(quantizer, "cifar10-tiny", None, [
+        "device=cpu", "train.batch_size=16", "train.kmeans_init=false", "quantizer.num_codes=32",
+        "model.channels=8", "model.res_blocks=1", "train.max_steps=20", f"out={tmp_path}"])
+    trainer = Trainer(cfg, log=lambda line: None)
+    trainer.setup_optimization()
+    return trainer
+
+
+@pytest.mark.parametrize("quantizer", ["gmvq", "vqvae-replace"])
+def test_graphed_steps_are_the_plain_steps(tmp_path, quantizer):
+    order = torch.randperm(320, generator=torch.Generator().manual_seed(3))
+    steps = EAGER_STEPS + 4
+
+    def run(trainer):  # one after the other: each Trainer seeds the global RNG it draws noise from
+        out = []
+        for step in range(steps):
+            out.append(trainer.step_batch(order[step * 16:(step + 1) * 16]))
+            trainer.step += 1
+        return out
+
+    plain = make_trainer(tmp_path / "a", quantizer)
+    expected = run(plain)
+    graphed = make_trainer(tmp_path / "b", quantizer)
+    lrs_as_tensors(graphed.optimizer, graphed.device)
+    backend = EagerGraph(graphed.optimizer)
+    graphed.graphed_step = GraphedStep(graphed, backend=backend)
+    for step, ((la, ma, ta), (lb, mb, tb)) in enumerate(zip(expected, run(graphed))):
+        # lr as an fp32 tensor vs a Python float: AdamW rounds differently in the last bits.
+        assert torch.allclose(la, lb, rtol=1e-4), (step, float(la), float(lb))
+        assert torch.allclose(ma, mb, rtol=1e-4)
+        assert set(tb) == {k for k, v in ta.items() if v.numel() == 1}
+        for k in tb:
+            assert torch.allclose(ta[k].float(), tb[k], rtol=1e-4, atol=1e-7), k
+    assert backend.warm_ups == EAGER_STEPS and backend.replays == steps - EAGER_STEPS
+    # The schedule reached the captured step through the same tensors.
+    assert all(isinstance(g["lr"], torch.Tensor) for g in graphed.optimizer.param_groups)
+    assert graphed.optimizer.param_groups[0]["lr"] is graphed.graphed_step.lrs[0]
+    assert float(graphed.optimizer.param_groups[0]["lr"]) == pytest.approx(plain.scheduler.get_last_lr()[0], rel=1e-6)
+    for (name, p), q in zip(plain.model.named_parameters(), graphed.model.parameters()):
+        assert torch.allclose(p, q, rtol=1e-3, atol=1e-6), name
+
+
+def test_a_scheduler_that_replaces_the_lr_tensor_is_caught(tmp_path):
+    trainer = make_trainer(tmp_path)
+    lrs_as_tensors(trainer.optimizer, trainer.device)
+    trainer.graphed_step = GraphedStep(trainer, backend=EagerGraph(trainer.optimizer))
+    idx = torch.arange(16)
+    for _ in range(EAGER_STEPS + 1):
+        trainer.step_batch(idx)
+    trainer.optimizer.param_groups[0]["lr"] = torch.tensor(0.5)  # what an old torch's scheduler did
+    with pytest.raises(RuntimeError, match="replaced a group's lr tensor"):
+        trainer.step_batch(idx)
+
+
+def test_float_lrs_cannot_be_captured(tmp_path):
+    trainer = make_trainer(tmp_path)
+    trainer.graphed_step = GraphedStep(trainer, backend=EagerGraph(trainer.optimizer))
+    with pytest.raises(RuntimeError, match="learning rates as tensors"):
+        for _ in range(EAGER_STEPS + 1):
+            trainer.step_batch(torch.arange(16))
+
+
+def test_settings_a_graph_cannot_honour_are_one_line_errors():
+    def cfg(**train):
+        return SimpleNamespace(train=SimpleNamespace(**{"cuda_graph": True, "compile": "default", **train}))
+    check_cuda_graph(cfg(cuda_graph=False), torch.device("cpu"), distributed=True)  # off: nothing to check
+    with pytest.raises(UserError, match="needs a CUDA device"):
+        check_cuda_graph(cfg(), torch.device("cpu"), distributed=False)
+    with pytest.raises(UserError, match="would nest CUDA graphs"):
+        check_cuda_graph(cfg(compile="reduce-overhead"), torch.device("cuda"), distributed=False)
+    with pytest.raises(UserError, match="one process"):
+        check_cuda_graph(cfg(), torch.device("cuda"), distributed=True)
+    check_cuda_graph(cfg(compile="max-autotune-no-cudagraphs"), torch.device("cuda"), distributed=False)
+
+
+def test_performance_options_keep_the_config_hash():
+    base = resolve_config("gmvq", "cifar10-tiny", None, [])
+    same = resolve_config("gmvq", "cifar10-tiny", None, ["train.cuda_graph=true", "train.matmul_precision=highest"])
+    tf32 = resolve_config("gmvq", "cifar10-tiny", None, ["train.matmul_precision=high"])
+    assert config_hash(base) == config_hash(same)  # the same function, replayed
+    assert config_hash(base) != config_hash(tf32)  # TF32 changes the numbers

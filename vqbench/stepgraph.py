@@ -1,0 +1,134 @@
+"""The whole training step as one CUDA graph (``train.cuda_graph=true``).
+
+On a GPU a small autoencoder's step is launch-bound: hundreds of kernels of a few µs each,
+plus the optimiser's. ``torch.compile(mode="reduce-overhead")`` graphs the model's forward
+and backward but leaves the batch gather, the loss, ``zero_grad`` and AdamW eager. Here
+one graph replays everything between two batches: gather from the GPU-resident uint8
+split, uint8 → float, forward, loss, backward, gradient clipping and fused AdamW
+(``capturable=True``, the learning rates as device tensors).
+
+What stays outside the graph, launched eagerly around each replay because it changes from
+step to step on the host: the quantizer's ``set_progress`` (τ is a buffer the graph reads),
+the learning-rate schedule (it fills the groups' lr tensors in place), the quantizer's
+``after_optimizer_step`` (dead-code replacement may branch on the host) and copying this
+step's indices into the graph's static index buffer. Random draws inside the graph (Gumbel
+and Gaussian noise) advance the CUDA generator on every replay, as PyTorch's graph-safe RNG
+does, so each step gets fresh noise.
+
+Recipe (PyTorch's "whole network capture"): a few eager steps on a side stream (they are
+real training steps; they also compile the model and let GM-VQ calibrate its precision
+scale), gradients set to None so the captured backward allocates them in the graph's pool,
+capture, then replay. The loss, the MSE and the scalar quantizer terms are stacked inside
+the graph into one vector, cloned after each replay with a single copy.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import torch
+from torch import Tensor
+
+from .errors import UserError
+from .training import to_float_images
+
+if TYPE_CHECKING:
+    from .runner import Trainer
+
+EAGER_STEPS = 3  # side-stream warm-up before capture (PyTorch's recipe)
+
+
+def check_cuda_graph(cfg, device: torch.device, distributed: bool) -> None:
+    """One clear line for the settings a whole-step graph cannot honour."""
+    if not cfg.train.cuda_graph:
+        return
+    if device.type != "cuda":
+        raise UserError(f"train.cuda_graph=true needs a CUDA device, but this run is on {device.type}; "
+                        "drop it or use device=cuda")
+    if cfg.train.compile in ("reduce-overhead", "max-autotune"):
+        raise UserError(f"train.cuda_graph=true already graphs the whole step; train.compile={cfg.train.compile} "
+                        "would nest CUDA graphs: use train.compile=default, max-autotune-no-cudagraphs or none")
+    if distributed:
+        raise UserError("train.cuda_graph=true is for one process; under torchrun drop it")
+
+
+class CudaGraphBackend:
+    """Side-stream warm-up, capture and replay with ``torch.cuda`` (tests swap in an eager one)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stream = torch.cuda.Stream(device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def warm_up(self, body: Callable[[], Tensor]) -> Tensor:
+        current = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(current)
+        with torch.cuda.stream(self.stream):
+            out = body()
+        current.wait_stream(self.stream)
+        return out
+
+    def capture(self, body: Callable[[], Tensor]) -> Tensor:
+        """Record ``body`` (nothing runs); returns its static output."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):  # synchronizes, captures on its own side stream
+            out = body()
+        self.graph = graph
+        return out
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
+class GraphedStep:
+    """``step(indices)`` → (loss, mse, terms) of one optimiser step, replayed from a CUDA graph."""
+
+    def __init__(self, trainer: Trainer, backend: CudaGraphBackend | None = None) -> None:
+        self.trainer = trainer
+        self.backend = backend or CudaGraphBackend(trainer.device)
+        self.captured = False
+        self.eager_left = EAGER_STEPS
+        self.indices: Tensor | None = None
+        self.stats: Tensor | None = None
+        self.term_names: list[str] = []
+        self.lrs: list[Tensor] = []
+
+    def _body(self, indices: Tensor) -> Tensor:
+        """Gather, update, and the step's scalars stacked into one fp32 vector."""
+        t = self.trainer
+        x = to_float_images(t.train_images[indices], t.channels_last)
+        loss, mse, terms = t.update(x)
+        scalars = {k: v for k, v in terms.items() if v.numel() == 1}
+        self.term_names = list(scalars)
+        return torch.stack([loss.float(), mse.float(), *(v.float().reshape(()) for v in scalars.values())])
+
+    def __call__(self, indices: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        t = self.trainer
+        t.before_update()
+        if self.captured:
+            self.indices.copy_(indices)
+            self.backend.replay()
+            stats = self.stats.clone()
+        elif self.eager_left > 0:  # a real step, on a side stream as the recipe asks
+            self.eager_left -= 1
+            t.optimizer.zero_grad(set_to_none=True)
+            stats = self.backend.warm_up(lambda: self._body(indices))
+        else:
+            stats = self._capture_and_run(indices)
+        t.after_update()
+        if self.captured and any(g["lr"] is not lr for g, lr in zip(t.optimizer.param_groups, self.lrs)):
+            raise RuntimeError("the lr scheduler replaced a group's lr tensor; the captured AdamW step would "
+                               "keep using the old one (train.cuda_graph needs torch's in-place lr updates)")
+        return stats[0], stats[1], {k: stats[2 + i] for i, k in enumerate(self.term_names)}
+
+    def _capture_and_run(self, indices: Tensor) -> Tensor:
+        optimizer = self.trainer.optimizer
+        self.lrs = [group["lr"] for group in optimizer.param_groups]
+        if not all(isinstance(lr, Tensor) for lr in self.lrs):
+            raise RuntimeError("train.cuda_graph needs the learning rates as tensors (see lrs_as_tensors), "
+                               "or the graph would keep the capture step's lr")
+        self.indices = indices.clone()
+        optimizer.zero_grad(set_to_none=True)  # the captured backward then writes fresh .grad each replay
+        self.stats = self.backend.capture(lambda: self._body(self.indices))
+        self.captured = True
+        self.backend.replay()  # capture only records: this runs the step
+        return self.stats.clone()
