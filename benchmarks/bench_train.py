@@ -62,6 +62,10 @@ class IdentityBottleneck(Quantizer):
     def codebook(self) -> torch.Tensor:
         return torch.zeros(self.num_codes, self.dim)
 
+    @property
+    def cuda_graph_safe(self) -> bool:
+        return True
+
     def quantize(self, z: torch.Tensor) -> QuantizerOutput:
         return QuantizerOutput(z_q=z, loss=z.new_zeros((), dtype=torch.float32),
                                indices=torch.zeros(z.shape[0], dtype=torch.long, device=z.device))

@@ -6,7 +6,8 @@ needs no pytest, so it runs on a bare GPU machine from ``gpu_check.sh``).
 Checks, at benchmark size (N = 65,536, C = 1024, L = 64 on CUDA): the fused GM-VQ layer
 against ``fused=False`` with the same seed, train and eval, every LatReg reading, fp32
 (relative error ≤ 1e-5, identical indices) and under bf16 autocast (≤ 1e-2); then the fused
-layer under ``torch.compile`` in eval mode (no noise, so the samples can be compared).
+layer under ``torch.compile`` in eval mode (no noise, so the samples can be compared); on
+CUDA also the fused layer with TF32 matmuls against the fp32 plain path (reported, not gated).
 Prints one line per check and exits 1 if any fails.
 """
 from __future__ import annotations
@@ -78,6 +79,17 @@ def main(argv: list[str] | None = None) -> int:
                 failed += not ok
                 print(f"{'ok  ' if ok else 'FAIL'} layer {latreg:<10} {'train' if training else 'eval '} "
                       f"{'bf16' if amp else 'fp32'}: max rel err {err:.1e} (≤ {tol:g}), index mismatches {mism}")
+    if device.type == "cuda":  # TF32 (train.matmul_precision=high): measured, not a pass/fail gate
+        for training in (True, False):
+            fast.train(training), plain.train(training)
+            torch.set_float32_matmul_precision("high")
+            try:
+                tf32 = run(fast, z, upstream, 1, False)
+            finally:
+                torch.set_float32_matmul_precision("highest")
+            mism, err = compare(tf32, run(plain, z, upstream, 1, False))
+            print(f"{'ok  ' if err <= 1e-2 else 'over'} TF32 fused vs fp32 plain {'train' if training else 'eval '}: "
+                  f"max rel err {err:.1e} (reduced-precision bar 1e-2), index mismatches {mism} of {n} (info)")
     if not args.no_compile:
         fast.eval()
         compiled = torch.compile(fast, dynamic=False)

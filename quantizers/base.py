@@ -107,6 +107,18 @@ class Quantizer(nn.Module, abc.ABC):
     def after_optimizer_step(self) -> None:
         """Called after each optimiser step (alternating optimisation, replacement)."""
 
+    @property
+    def cuda_graph_safe(self) -> bool:
+        """True if a training step can be captured once and replayed (``train.cuda_graph``).
+
+        A replay reruns the kernels, not the Python: ``quantize`` must keep no Python state
+        per step (values it writes into tensors are fine), sync nothing with the host (no
+        ``float(t)``, ``.item()``, ``nonzero``, ``bincount``), and read schedules such as τ
+        from buffers, not Python floats. ``set_progress`` and ``after_optimizer_step`` run
+        eagerly around every replay. Off unless a quantizer says so.
+        """
+        return False
+
     def reconstruction_loss(self, x: Tensor, x_hat: Tensor) -> Tensor:
         """Mean squared error over pixels; methods with another likelihood override it."""
         return F.mse_loss(x_hat, x)

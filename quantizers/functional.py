@@ -47,13 +47,14 @@ def gumbel_noise(like: Tensor, generator: torch.Generator | None = None) -> Tens
 
 
 def gumbel_softmax_st(
-    log_probs: Tensor, tau: float, noise: Tensor | None = None
+    log_probs: Tensor, tau: float | Tensor, noise: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Straight-through Gumbel-softmax sample (Jang et al. 2017; paper §3.3.2).
 
     Returns (c_q, indices, y): y = softmax((log π + g)/τ), indices = argmax(log π + g)
     (τ never changes the argmax), c_q = onehot(j) + y − sg(y): exactly one-hot forward,
-    the softmax_τ Jacobian backward.
+    the softmax_τ Jacobian backward. τ may be a 0-dim tensor (a buffer): no host sync,
+    and a captured CUDA graph reads its current value.
     """
     if noise is None:
         noise = gumbel_noise(log_probs)

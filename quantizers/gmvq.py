@@ -131,6 +131,10 @@ class GMVQ(Quantizer):
     def codebook(self) -> Tensor:
         return self.embedding
 
+    @property
+    def cuda_graph_safe(self) -> bool:
+        return True  # τ and s are buffers; s is calibrated in the eager steps before capture
+
     def param_groups(self) -> list[dict]:
         """The precision head may take a smaller step than the codebook (``head_lr_scale``):
         ŵ scales every logit, so its updates move π far more than a codeword's do."""
@@ -196,7 +200,7 @@ class GMVQ(Quantizer):
 
         ``gumbel`` (N, C) and ``normal`` (N, L) fix the noise (tests); drawn when None.
         """
-        c_q, indices, _ = Fq.gumbel_softmax_st(log_pi, float(self.tau), noise=gumbel)
+        c_q, indices, _ = Fq.gumbel_softmax_st(log_pi, self.tau, noise=gumbel)
         with torch.autocast(z.device.type, enabled=False):  # the sample in fp32 under autocast too
             centre = c_q @ self.codebook.to(z.dtype)
         z_s, sampled_sq = self._add_noise(z, centre, indices, normal)

@@ -44,6 +44,10 @@ class GumbelQuantizer(Quantizer):
     def codebook(self) -> Tensor:
         return self.embedding
 
+    @property
+    def cuda_graph_safe(self) -> bool:
+        return True  # τ is read from its buffer
+
     def set_progress(self, fraction: float) -> None:
         self.tau.fill_(Fq.exponential_schedule(self.tau_start, self.tau_end, fraction))
 
@@ -51,7 +55,7 @@ class GumbelQuantizer(Quantizer):
         log_q = torch.log_softmax(self.proj(z.float()), dim=-1)  # fp32 softmax under autocast
         probs = log_q.exp()
         if self.training:
-            c_q, indices, _ = Fq.gumbel_softmax_st(log_q, float(self.tau))
+            c_q, indices, _ = Fq.gumbel_softmax_st(log_q, self.tau)
         else:
             indices = log_q.argmax(-1)
             c_q = torch.nn.functional.one_hot(indices, self.num_codes).to(log_q.dtype)

@@ -60,6 +60,10 @@ class SQVAE(Quantizer):
         return self.embedding
 
     @property
+    def cuda_graph_safe(self) -> bool:
+        return True  # τ is read from its buffer
+
+    @property
     def variance(self) -> Tensor:
         """σ² of the stochastic quantiser (detached)."""
         return self.log_var.detach().exp()
@@ -73,7 +77,7 @@ class SQVAE(Quantizer):
         log_p = torch.log_softmax(-0.5 * precision * Fq.squared_distances(z32, codebook), dim=-1)
         probs = log_p.exp()
         if self.training:
-            _, indices, y = Fq.gumbel_softmax_st(log_p, float(self.tau))
+            _, indices, y = Fq.gumbel_softmax_st(log_p, self.tau)
             z_q = y @ codebook
         else:
             indices = log_p.argmax(-1)

@@ -104,6 +104,12 @@ class VectorQuantizer(Quantizer):
     def codebook(self) -> Tensor:
         return self._compare(self._affine(self.embedding))
 
+    @property
+    def cuda_graph_safe(self) -> bool:
+        # OPT's inner step and dead-code replacement read the batch the forward kept in
+        # Python (and sync with the host): a replay would not refresh it.
+        return not self.alternating and self.replace_window is None
+
     @torch.no_grad()
     def _write_effective(self, rows: Tensor, values: Tensor) -> None:
         """Set the pre-normalisation effective codes of ``rows`` to ``values`` (shared by

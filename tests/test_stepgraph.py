@@ -16,6 +16,7 @@ import torch
 
 from vqbench.config import config_hash, resolve_config
 from vqbench.errors import UserError
+from vqbench.registry import build_quantizer
 from vqbench.runner import Trainer
 from vqbench.stepgraph import EAGER_STEPS, GraphedStep, check_cuda_graph
 from vqbench.training import lrs_as_tensors
@@ -51,7 +52,7 @@ def make_trainer(tmp_path, quantizer: str = "gmvq") -> Trainer:
     return trainer
 
 
-@pytest.mark.parametrize("quantizer", ["gmvq", "vqvae-replace"])
+@pytest.mark.parametrize("quantizer", ["gmvq", "sqvae"])
 def test_graphed_steps_are_the_plain_steps(tmp_path, quantizer):
     order = torch.randperm(320, generator=torch.Generator().manual_seed(3))
     steps = EAGER_STEPS + 4
@@ -106,16 +107,27 @@ def test_float_lrs_cannot_be_captured(tmp_path):
 
 
 def test_settings_a_graph_cannot_honour_are_one_line_errors():
-    def cfg(**train):
-        return SimpleNamespace(train=SimpleNamespace(**{"cuda_graph": True, "compile": "default", **train}))
-    check_cuda_graph(cfg(cuda_graph=False), torch.device("cpu"), distributed=True)  # off: nothing to check
+    def cfg(name="gmvq", **train):
+        return SimpleNamespace(train=SimpleNamespace(**{"cuda_graph": True, "compile": "default", **train}),
+                               quantizer=SimpleNamespace(name=name))
+    cuda, gmvq = torch.device("cuda"), build_quantizer("gmvq")
+    check_cuda_graph(cfg(cuda_graph=False), torch.device("cpu"), True, gmvq)  # off: nothing to check
     with pytest.raises(UserError, match="needs a CUDA device"):
-        check_cuda_graph(cfg(), torch.device("cpu"), distributed=False)
+        check_cuda_graph(cfg(), torch.device("cpu"), False, gmvq)
     with pytest.raises(UserError, match="would nest CUDA graphs"):
-        check_cuda_graph(cfg(compile="reduce-overhead"), torch.device("cuda"), distributed=False)
+        check_cuda_graph(cfg(compile="reduce-overhead"), cuda, False, gmvq)
     with pytest.raises(UserError, match="one process"):
-        check_cuda_graph(cfg(), torch.device("cuda"), distributed=True)
-    check_cuda_graph(cfg(compile="max-autotune-no-cudagraphs"), torch.device("cuda"), distributed=False)
+        check_cuda_graph(cfg(), cuda, True, gmvq)
+    with pytest.raises(UserError, match="'vqvae-replace' cannot be replayed"):
+        check_cuda_graph(cfg("vqvae-replace"), cuda, False, build_quantizer("vqvae-replace"))
+    check_cuda_graph(cfg(compile="max-autotune-no-cudagraphs"), cuda, False, gmvq)
+
+
+@pytest.mark.parametrize("name, safe", [("gmvq", True), ("gmvq-bound", True), ("vqvae", True), ("vqvae-l2", True),
+                                        ("vqvae-affine", True), ("sqvae", True), ("gumbel-vqvae", True),
+                                        ("vqvae-replace", False), ("vqvae-opt", False), ("vqvae-affine-opt", False)])
+def test_which_quantizers_declare_themselves_graph_safe(name, safe):
+    assert build_quantizer(name).cuda_graph_safe is safe
 
 
 def test_performance_options_keep_the_config_hash():

@@ -80,7 +80,7 @@ class Trainer:
         self.model = build_model(cfg).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        check_cuda_graph(cfg, self.device, self.dist.world_size > 1)
+        check_cuda_graph(cfg, self.device, self.dist.world_size > 1, self.model.quantizer)
         # "high" lets fp32 matmuls (the quantizer's distances) use TF32 tensor cores.
         torch.set_float32_matmul_precision(cfg.train.matmul_precision)
         self.cudagraphs = compile_model(self.model, cfg.train.compile)

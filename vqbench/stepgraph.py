@@ -32,12 +32,14 @@ from .errors import UserError
 from .training import to_float_images
 
 if TYPE_CHECKING:
+    from quantizers.base import Quantizer
+
     from .runner import Trainer
 
 EAGER_STEPS = 3  # side-stream warm-up before capture (PyTorch's recipe)
 
 
-def check_cuda_graph(cfg, device: torch.device, distributed: bool) -> None:
+def check_cuda_graph(cfg, device: torch.device, distributed: bool, quantizer: Quantizer) -> None:
     """One clear line for the settings a whole-step graph cannot honour."""
     if not cfg.train.cuda_graph:
         return
@@ -49,6 +51,10 @@ def check_cuda_graph(cfg, device: torch.device, distributed: bool) -> None:
                         "would nest CUDA graphs: use train.compile=default, max-autotune-no-cudagraphs or none")
     if distributed:
         raise UserError("train.cuda_graph=true is for one process; under torchrun drop it")
+    if not quantizer.cuda_graph_safe:
+        raise UserError(f"quantizer {cfg.quantizer.name!r} cannot be replayed from a CUDA graph (it keeps Python "
+                        "state between steps or syncs with the host; see Quantizer.cuda_graph_safe): "
+                        "drop train.cuda_graph=true")
 
 
 class CudaGraphBackend:
