@@ -86,24 +86,22 @@ def test_graphed_steps_are_the_plain_steps(tmp_path, quantizer):
         assert torch.allclose(p, q, rtol=1e-3, atol=1e-6), name
 
 
-def test_a_scheduler_that_replaces_the_lr_tensor_is_caught(tmp_path):
+@pytest.mark.parametrize("as_tensors", [True, False])
+def test_the_captured_lr_follows_any_scheduler(tmp_path, as_tensors):
+    """A scheduler that assigns a new lr (a float, or a new tensor) instead of filling the
+    captured tensor in place: the value is copied into the tensor the graph reads."""
     trainer = make_trainer(tmp_path)
-    lrs_as_tensors(trainer.optimizer, trainer.device)
+    if as_tensors:
+        lrs_as_tensors(trainer.optimizer, trainer.device)
     trainer.graphed_step = GraphedStep(trainer, backend=EagerGraph(trainer.optimizer))
     idx = torch.arange(16)
-    for _ in range(EAGER_STEPS + 1):
+    for _ in range(EAGER_STEPS + 1):  # capture converts float lrs to tensors
         trainer.step_batch(idx)
-    trainer.optimizer.param_groups[0]["lr"] = torch.tensor(0.5)  # what an old torch's scheduler did
-    with pytest.raises(RuntimeError, match="replaced a group's lr tensor"):
-        trainer.step_batch(idx)
-
-
-def test_float_lrs_cannot_be_captured(tmp_path):
-    trainer = make_trainer(tmp_path)
-    trainer.graphed_step = GraphedStep(trainer, backend=EagerGraph(trainer.optimizer))
-    with pytest.raises(RuntimeError, match="learning rates as tensors"):
-        for _ in range(EAGER_STEPS + 1):
-            trainer.step_batch(torch.arange(16))
+    captured = trainer.graphed_step.lrs[0]
+    assert trainer.optimizer.param_groups[0]["lr"] is captured
+    trainer.scheduler.step = lambda: trainer.optimizer.param_groups[0].__setitem__("lr", 0.125)
+    trainer.step_batch(idx)
+    assert trainer.optimizer.param_groups[0]["lr"] is captured and float(captured) == 0.125
 
 
 def test_settings_a_graph_cannot_honour_are_one_line_errors():

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .errors import UserError
-from .training import to_float_images
+from .training import lrs_as_tensors, to_float_images
 
 if TYPE_CHECKING:
     from quantizers.base import Quantizer
@@ -121,17 +121,23 @@ class GraphedStep:
         else:
             stats = self._capture_and_run(indices)
         t.after_update()
-        if self.captured and any(g["lr"] is not lr for g, lr in zip(t.optimizer.param_groups, self.lrs)):
-            raise RuntimeError("the lr scheduler replaced a group's lr tensor; the captured AdamW step would "
-                               "keep using the old one (train.cuda_graph needs torch's in-place lr updates)")
+        if self.captured:
+            self._keep_lr_tensors()
         return stats[0], stats[1], {k: stats[2 + i] for i, k in enumerate(self.term_names)}
+
+    def _keep_lr_tensors(self) -> None:
+        """The captured AdamW reads the lr tensors it saw at capture. torch's schedulers fill
+        tensor lrs in place; one that assigns a new value instead is copied into them."""
+        for group, lr in zip(self.trainer.optimizer.param_groups, self.lrs):
+            if group["lr"] is not lr:
+                lr.fill_(group["lr"])
+                group["lr"] = lr
 
     def _capture_and_run(self, indices: Tensor) -> Tensor:
         optimizer = self.trainer.optimizer
+        if not all(isinstance(group["lr"], Tensor) for group in optimizer.param_groups):
+            lrs_as_tensors(optimizer, self.trainer.device)
         self.lrs = [group["lr"] for group in optimizer.param_groups]
-        if not all(isinstance(lr, Tensor) for lr in self.lrs):
-            raise RuntimeError("train.cuda_graph needs the learning rates as tensors (see lrs_as_tensors), "
-                               "or the graph would keep the capture step's lr")
         self.indices = indices.clone()
         optimizer.zero_grad(set_to_none=True)  # the captured backward then writes fresh .grad each replay
         self.stats = self.backend.capture(lambda: self._body(self.indices))
