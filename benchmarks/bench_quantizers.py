@@ -82,6 +82,9 @@ def build(name: str, codes: int, dim: int, device: torch.device):
             out = module(z)
             return out.z_q, out.loss
     if "compiled" in flags:
+        from vqbench.training import inductor_workarounds
+
+        inductor_workarounds()
         module.compile(dynamic=False)
     precision = "high" if "tf32" in flags else "highest"
 

@@ -13,7 +13,8 @@ uint8 split on the device, forward, loss, backward, AdamW, scheduler, quantizer 
 - ``gmvq`` / ``vqvae`` / ``identity``: the fast path. On CUDA: fused GM-VQ,
   ``train.compile=--compile`` (default ``default``) and ``train.cuda_graph=true`` (the
   whole step one CUDA graph, vqbench/stepgraph.py); on CPU: ``train.compile=none``.
-- CUDA only, one lever at a time: ``gmvq-compiled`` (compile reduce-overhead, optimiser
+- CUDA only, one lever at a time: ``gmvq-fp32grad`` (the fast path with GM-VQ's backward
+  matmuls in fp32, ``quantizer.bf16_backward=false``), ``gmvq-compiled`` (compile reduce-overhead, optimiser
   eager: the model's forward/backward graphed by inductor), ``gmvq-graph-eager`` (whole-step
   graph, no inductor), ``gmvq-tf32`` / ``identity-tf32`` (the fast path with
   ``train.matmul_precision=high``).
@@ -92,6 +93,7 @@ def variants(device: str, compile_mode: str) -> dict[str, tuple[str, list[str]]]
     return {"eager": ("gmvq", ["quantizer.fused=false", "train.compile=none"]),
             "identity": ("identity", fast),
             "gmvq": ("gmvq", fast),
+            "gmvq-fp32grad": ("gmvq", [*fast, "quantizer.bf16_backward=false"]),
             "gmvq-tf32": ("gmvq", [*fast, "train.matmul_precision=high"]),
             "vqvae": ("vqvae", fast),
             "gmvq-graph-eager": ("gmvq", ["train.compile=none", "train.cuda_graph=true"]),  # no inductor
@@ -136,6 +138,14 @@ def warm_up(name: str, quantizer: str, overrides: list[str], args, data: ImageDa
     return trainer, time.perf_counter() - t0
 
 
+def describe(exc: Exception) -> str:
+    """The exception's first line and its last lines that name an error (a compile worker's
+    exception wraps the real one)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    named = [line for line in lines[1:] if "Error" in line][-2:]
+    return " | ".join([f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300], *(x[:200] for x in named)])
+
+
 def run(args) -> dict:
     data = load_shard(args.data, args.images)
     table = variants(args.device, args.compile)
@@ -156,7 +166,7 @@ def run(args) -> dict:
                 trainers[name], compile_s[name] = warm_up(name, *table[name], args, data, out, order)
                 print(f"warm-up {name}: {compile_s[name]:.1f} s", file=sys.stderr, flush=True)
             except Exception as exc:  # noqa: BLE001 - reported in the table and the JSON
-                errors[name] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+                errors[name] = describe(exc)
                 print(f"warm-up {name} FAILED: {errors[name]}", file=sys.stderr, flush=True)
         times = {n: [] for n in trainers}
         for _ in range(args.repeats):

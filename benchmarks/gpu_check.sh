@@ -7,44 +7,58 @@
 # Writes graph_step.txt, train.{txt,json}, layer.{txt,json}, equivalence.txt under $OUT (or
 # ./gpu-check) and prints the short table last. Most telling first, each stage time-boxed,
 # so a cut-short run still leaves the end-to-end numbers. Exit 1 if a correctness check fails.
+# STAGES (default "graph train layer equivalence run") picks stages; TRAIN_ONLY and LAYER_ONLY
+# narrow the variants (bench_train.py / bench_quantizers.py --only), for a second, shorter call.
 set -uo pipefail
 out=${OUT:-gpu-check}
+stages=" ${STAGES:-graph train layer equivalence run} "
+on() { [[ "$stages" == *" $1 "* ]]; }
+graph=0 eq=0
 mkdir -p "$out"
 export VQBENCH_NO_PROGRESS=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader || true
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 t0=$SECONDS
 
+if on graph; then
 echo "== 1/5 whole-step CUDA graph trains as the eager step does ($((SECONDS - t0)) s)"
 timeout 50 python3 benchmarks/check_graph_step.py 2>&1 | tee "$out/graph_step.txt"
 graph=${PIPESTATUS[0]}
+fi
 
+if on train; then
 echo "== 2/5 train step: conv32, batch 256, real CIFAR-10 shard ($((SECONDS - t0)) s)"
 timeout 200 python3 benchmarks/bench_train.py --device cuda --budget-s 120 --steps 100 --repeats 5 --json "$out/train.json" \
-  > "$out/train.txt" 2>&1 || echo "bench_train failed (exit $?)" >> "$out/train.txt"
-tail -n 12 "$out/train.txt"
+  ${TRAIN_ONLY:+--only $TRAIN_ONLY} > "$out/train.txt" 2>&1 || echo "bench_train failed (exit $?)" >> "$out/train.txt"
+grep -v "^[EWI][0-9]" "$out/train.txt" | tail -n 14
+fi
 
+if on layer; then
 echo "== 3/5 layer: fwd+bwd tokens/s and peak MiB vs VectorQuantize, N=65536 C=1024 L=64 ($((SECONDS - t0)) s)"
 timeout 100 python3 benchmarks/bench_quantizers.py --device cuda --repeats 3 --json "$out/layer.json" --only \
-  VectorQuantize-tf32 gmvq gmvq-tf32 gmvq-compiled gmvq-compiled-tf32 gmvq-plain vqvae vqvae-compiled \
+  ${LAYER_ONLY:-VectorQuantize-tf32 gmvq gmvq-tf32 gmvq-compiled gmvq-compiled-tf32 gmvq-plain vqvae vqvae-compiled \
   gmvq-entropy gmvq-bound sqvae gumbel-vqvae vqvae-l2 vqvae-replace vqvae-l2-replace vqvae-affine vqvae-opt \
-  vqvae-affine-opt lucid-vq-ema lucid-fsq \
-  > "$out/layer.txt" 2>&1 || echo "bench_quantizers failed (exit $?)" >> "$out/layer.txt"
+  vqvae-affine-opt} > "$out/layer.txt" 2>&1 || echo "bench_quantizers failed (exit $?)" >> "$out/layer.txt"
+fi
 
+if on equivalence; then
 echo "== 4/5 equivalence on CUDA: fused vs plain, fp32 / bf16 / TF32, compiled eval ($((SECONDS - t0)) s)"
-timeout 80 python3 benchmarks/check_equivalence.py --device cuda 2>&1 | tee "$out/equivalence.txt"
-eq=${PIPESTATUS[0]}
+timeout 80 python3 benchmarks/check_equivalence.py --device cuda > "$out/equivalence.txt" 2>&1
+eq=$?
+grep -E "^(ok|FAIL|over|equivalence)" "$out/equivalence.txt"
+fi
 
+if on run; then
 echo "== 5/5 the runner end to end with the graphed step: 2 epochs, real shard, eval ($((SECONDS - t0)) s)"
 timeout 50 python3 -m vqbench run --quantizer gmvq --dataset npz data.train=.data/cifar10/train.npz \
   data.test=.data/cifar10/test.npz train.epochs=2 train.cuda_graph=true --out /tmp/vqbench-runs --json \
   > "$out/run.json" 2> "$out/run.err"; echo "vqbench run exit $?"; tail -n 3 "$out/run.err"
+fi
 
 echo
 echo "================ summary ($((SECONDS - t0)) s) ================"
-tail -n 1 "$out/graph_step.txt"
-tail -n 1 "$out/equivalence.txt"
-tail -n 26 "$out/layer.txt"
-tail -n 12 "$out/train.txt"
+for f in graph_step equivalence; do [ -f "$out/$f.txt" ] && tail -n 1 "$out/$f.txt"; done
+[ -f "$out/layer.txt" ] && grep -v "^[EWI][0-9]" "$out/layer.txt" | grep -A40 "^# layer"
+[ -f "$out/train.txt" ] && grep -v "^[EWI][0-9]" "$out/train.txt" | grep -A20 "^# conv32"
 python3 -c "import json,sys; d=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]); print('run:', {k: d.get(k) for k in ('status','steps','mse','mean_image_mse','perplexity','codes_used','images_per_s')})" "$out/run.json" 2>/dev/null || echo "run: no summary"
 exit $(( graph != 0 || eq != 0 ))

@@ -16,7 +16,11 @@ function touching each N×C tensor as few times as it can:
   μ_j; its backward needs ∂L/∂c_q = (∂L/∂z_c) Mᵀ, formed only in backward.
 - Backward reuses one N×C buffer for ∂/∂y → ∂/∂(log π + g) → ∂/∂logits (``addcmul_``
   instead of temporaries) and two matmuls for ∂a, ∂b.
-- Distances, softmax and the sampling run in fp32 even under autocast.
+- Distances, softmax and the sampling run in fp32 even under autocast. Under bf16
+  autocast the backward's matmuls may take bf16 operands (``grad_dtype``, GM-VQ's
+  ``bf16_backward``): gradients to ≈ 1e-3, the reduced-precision bar being 1e-2, while the
+  forward's logits stay fp32 so the sampled codes do not move (TF32 logits moved 41 of
+  65,536 argmaxes on an H100; docs/performance.md).
 
 The noise is drawn exactly as :func:`functional.gumbel_noise` draws it (one ``torch.rand``
 of N×C float32), so with the same seed both paths sample the same codes;
@@ -29,10 +33,12 @@ from torch import Tensor
 
 
 class GMVQPosteriorSample(torch.autograd.Function):
-    """(a, b, codebook, tau, sample) → (π, z_c, j, mean posterior entropy); see module doc."""
+    """(a, b, codebook, tau, sample, grad_dtype) → (π, z_c, j, mean posterior entropy); see
+    module doc. ``grad_dtype``: operand dtype of the backward's matmuls (None: fp32)."""
 
     @staticmethod
-    def forward(ctx, a: Tensor, b: Tensor, codebook: Tensor, tau: Tensor, sample: bool):
+    def forward(ctx, a: Tensor, b: Tensor, codebook: Tensor, tau: Tensor, sample: bool,
+                grad_dtype: torch.dtype | None = None):
         with torch.autocast(a.device.type, enabled=False):
             log_pi = torch.log_softmax(a.float() @ b.float().t(), dim=-1)
             probs = log_pi.exp()
@@ -53,7 +59,7 @@ class GMVQPosteriorSample(torch.autograd.Function):
                 y = None
                 del log_pi
             centre = codebook.float().index_select(0, indices)
-        ctx.sample = sample
+        ctx.sample, ctx.grad_dtype = sample, grad_dtype
         ctx.mark_non_differentiable(indices, entropy)
         ctx.save_for_backward(a, b, codebook, tau, indices, probs, y)
         return probs, centre, indices, entropy
@@ -62,13 +68,14 @@ class GMVQPosteriorSample(torch.autograd.Function):
     def backward(ctx, g_probs: Tensor | None, g_centre: Tensor | None, _g_idx, _g_ent):
         a, b, codebook, tau, indices, probs, y = ctx.saved_tensors
         g_a = g_b = g_book = None
+        mm = ctx.grad_dtype or torch.float32  # operands; products are used in fp32
         with torch.autocast(a.device.type, enabled=False):
             g_centre = None if g_centre is None else g_centre.float()
             g = None
             if ctx.sample and g_centre is not None:
                 # Straight-through: ∂L/∂y = (∂L/∂z_c) Mᵀ; through softmax_τ:
                 # ∂L/∂(log π + g) = y ⊙ (∂L/∂y − ⟨y, ∂L/∂y⟩) / τ.
-                g = (g_centre / tau) @ codebook.float().t()  # 1/τ on N×L, not on N×C
+                g = ((g_centre / tau).to(mm) @ codebook.to(mm).t()).float()  # 1/τ on N×L, not N×C
                 g.mul_(y)
                 g.addcmul_(y, g.sum(dim=-1, keepdim=True), value=-1.0)
             if g_probs is not None:
@@ -79,28 +86,32 @@ class GMVQPosteriorSample(torch.autograd.Function):
             if g is not None:
                 # Through log_softmax: ∂L/∂logits = g − π Σ_c g.
                 g.addcmul_(probs, g.sum(dim=-1, keepdim=True), value=-1.0)
+                g_mm = g.to(mm)
                 if ctx.needs_input_grad[0]:
-                    g_a = (g @ b.float()).to(a.dtype)
+                    g_a = (g_mm @ b.to(mm)).to(a.dtype)
                 if ctx.needs_input_grad[1]:
-                    g_b = (g.t() @ a.float()).to(b.dtype)
+                    g_b = (g_mm.t() @ a.to(mm)).to(b.dtype)
             if ctx.needs_input_grad[2] and g_centre is not None:
                 # The forward value of c_q is one-hot: ∂L/∂M = onehotᵀ ∂L/∂z_c.
                 g_book = torch.zeros(codebook.shape, dtype=torch.float32, device=codebook.device)
                 g_book.index_add_(0, indices, g_centre)
                 g_book = g_book.to(codebook.dtype)
-        return g_a, g_b, g_book, None, None
+        return g_a, g_b, g_book, None, None, None
 
 
 def gmvq_posterior_sample(
-    z: Tensor, weights: Tensor, codebook: Tensor, tau: Tensor, sample: bool
+    z: Tensor, weights: Tensor, codebook: Tensor, tau: Tensor, sample: bool,
+    grad_dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """π (N, C), z_c = μ_j (N, L) with Gumbel straight-through gradients, j (N,), and the
     mean posterior entropy, for ẑ (N, L), precisions ŵ (N, L), codebook M (C, L).
 
     ``sample=False`` (eval): j = argmax π and z_c = μ_j with the gather's gradient only.
+    ``grad_dtype=torch.bfloat16``: the backward's three N×L×C matmuls take bf16 operands
+    (fp32 accumulation); the forward (logits, π, the sample) stays fp32 either way.
     """
     z, weights, codebook = z.float(), weights.float(), codebook.float()
     a = torch.cat([weights * z, weights], dim=-1)
     b = torch.cat([codebook, -0.5 * codebook.pow(2)], dim=-1)
     tau = torch.as_tensor(tau, dtype=torch.float32, device=z.device).clone()  # set_progress writes in place
-    return GMVQPosteriorSample.apply(a, b, codebook, tau, sample)
+    return GMVQPosteriorSample.apply(a, b, codebook, tau, sample, grad_dtype)

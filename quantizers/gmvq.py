@@ -39,6 +39,8 @@ silent follow ``shared/MATH.md`` and are constructor options:
 - ``fused=True`` (default): posterior and sample by :mod:`quantizers.fused`, one autograd
   Function that computes the same function with far fewer N×C passes and stored tensors;
   ``fused=False`` is the plain reference path (``tests/test_fast_path.py`` compares them).
+  ``bf16_backward=True`` (default): under bf16 autocast the fused backward's three matmuls
+  take bf16 operands (the forward stays fp32); without autocast nothing changes.
 
 Registered variants (``registry.yaml``):
 
@@ -90,6 +92,7 @@ class GMVQ(Quantizer):
         aggregate: str = "global",
         fused: bool = True,
         head_lr_scale: float = 0.1,
+        bf16_backward: bool = True,
     ) -> None:
         super().__init__(num_codes, dim)
         for name, value in (("gamma", gamma), ("beta", beta), ("eps", eps)):
@@ -111,7 +114,7 @@ class GMVQ(Quantizer):
         self.aggregate = aggregate
         self.precision_init = precision_init
         self.tau_start, self.tau_end = float(tau_start), float(tau_end)
-        self.fused = bool(fused)
+        self.fused, self.bf16_backward = bool(fused), bool(bf16_backward)
         check_positive("head_lr_scale", head_lr_scale)
         self.head_lr_scale = float(head_lr_scale)
         self._calibrated_seen = False  # caches the buffer: no host sync per step once True
@@ -251,6 +254,13 @@ class GMVQ(Quantizer):
         probs = log_pi.exp()
         return zw, log_pi, probs, self._batch_posterior(probs)
 
+    def _backward_dtype(self, device_type: str) -> torch.dtype | None:
+        """bf16 for the fused backward's matmuls when the step runs under bf16 autocast."""
+        if self.bf16_backward and torch.is_autocast_enabled(device_type) \
+                and torch.get_autocast_dtype(device_type) == torch.bfloat16:
+            return torch.bfloat16
+        return None
+
     def _calibrated(self, z: Tensor) -> Tensor:
         """``z`` unchanged, once the precision scale has been set from it (first training batch)."""
         if self.training and self._needs_calibration():
@@ -280,7 +290,8 @@ class GMVQ(Quantizer):
             # function and the same noise draws as the plain path below.
             zw = self._calibrated(z.float())
             probs, centre, indices, post_entropy = gmvq_posterior_sample(
-                zw, self.precision_weights(zw), self.codebook.float(), self.tau, sample=self.training)
+                zw, self.precision_weights(zw), self.codebook.float(), self.tau, sample=self.training,
+                grad_dtype=self._backward_dtype(z.device.type))
             q_batch = self._batch_posterior(probs)
             if self.training:
                 z_s, sampled_sq = self._add_noise(zw, centre, indices)

@@ -95,11 +95,23 @@ MATMUL_PRECISIONS = ("highest", "high", "medium")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+def inductor_workarounds() -> None:
+    """Inductor settings the GM-VQ graphs need. torch 2.11 + Triton 3.6 on an H100: the
+    "mix-order reduction" fusion put GM-VQ's row-wise argmax and its column sums (q^B, the
+    entropy) into one kernel whose generated code referenced an undefined variable
+    (NameError at Triton compile, every GM-VQ graph); without that fusion it compiles."""
+    import torch._inductor.config as inductor
+
+    if hasattr(inductor.triton, "mix_order_reduction"):
+        inductor.triton.mix_order_reduction = False
+
+
 def compile_model(model: torch.nn.Module, mode: str) -> bool:
     """``torch.compile`` the model in place (state_dict keys unchanged); True if CUDA graphs."""
     if mode not in COMPILE_MODES:
         raise UserError(f"train.compile={mode!r} is not a mode; use one of {', '.join(COMPILE_MODES)}")
     if mode != "none":
+        inductor_workarounds()
         model.compile(mode=None if mode == "default" else mode, dynamic=False)
     return mode in ("reduce-overhead", "max-autotune")
 
