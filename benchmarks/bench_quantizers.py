@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 ANCHOR = "VectorQuantize"
 
 
-SUFFIXES = ("-plain", "-compiled", "-tf32")
+SUFFIXES = ("-plain", "-compiled", "-tf32", "-bf16")
 
 
 def split_name(name: str) -> tuple[str, set[str]]:
@@ -55,7 +55,8 @@ def build(name: str, codes: int, dim: int, device: torch.device):
 
     Suffixes: ``-plain`` GM-VQ's reference path (``fused=False``); ``-compiled`` the module
     under ``torch.compile`` (forward and, through AOTAutograd, backward); ``-tf32`` the step
-    under ``torch.set_float32_matmul_precision("high")`` (TF32 tensor cores on CUDA).
+    under ``torch.set_float32_matmul_precision("high")`` (TF32 tensor cores on CUDA);
+    ``-bf16`` the step under bf16 autocast, as the runner trains on CUDA.
     """
     base, flags = split_name(name)
     if base == ANCHOR:
@@ -87,11 +88,13 @@ def build(name: str, codes: int, dim: int, device: torch.device):
         inductor_workarounds()
         module.compile(dynamic=False)
     precision = "high" if "tf32" in flags else "highest"
+    amp = "bf16" in flags
 
     def step(z, g):
         torch.set_float32_matmul_precision(precision)
         try:
-            z_q, loss = forward(z)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                z_q, loss = forward(z)
             ((z_q.float() * g).sum() + loss).backward()
         finally:
             torch.set_float32_matmul_precision("highest")

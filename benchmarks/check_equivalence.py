@@ -97,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
                     a, b = run(fast, zz, up, 1, amp), run(plain, zz, up, 1, amp)
                 mism, err = compare(a, b)
                 ok = err <= tol and mism <= (n // 10000 if amp else 0)  # bf16: rare exact-tie flips
+                if not ok and not amp and not training and mism == 0:
+                    # Which path is off? Both against float64 (eval: no noise to redraw).
+                    ref = copy.deepcopy(plain).double()
+                    c = run(ref, zz.double(), up.double(), 1, False)
+                    fused_err, plain_err = compare(a, c)[1], compare(b, c)[1]
+                    ok = fused_err <= max(tol, plain_err)
+                    print(f"     float64 reference: fused {fused_err:.1e}, plain {plain_err:.1e} "
+                          f"({'the fused path is at least as close' if ok else 'the fused path is further off'})")
                 failed += not ok
                 print(f"{'ok  ' if ok else 'FAIL'} layer {latreg:<10} {'train' if training else 'eval '} "
                       f"{'bf16' if amp else 'fp32'}: max rel err {err:.1e} (≤ {tol:g}), index mismatches {mism}"

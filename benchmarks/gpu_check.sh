@@ -11,7 +11,7 @@
 # narrow the variants (bench_train.py / bench_quantizers.py --only), for a second, shorter call.
 set -uo pipefail
 out=${OUT:-gpu-check}
-stages=" ${STAGES:-graph train layer equivalence run} "
+stages=" ${STAGES:-graph train layer equivalence run profile} "
 on() { [[ "$stages" == *" $1 "* ]]; }
 graph=0 eq=0
 mkdir -p "$out"
@@ -50,9 +50,16 @@ fi
 
 if on run; then
 echo "== 5/5 the runner end to end with the graphed step: 2 epochs, real shard, eval ($((SECONDS - t0)) s)"
-timeout 50 python3 -m vqbench run --quantizer gmvq --dataset npz data.train=.data/cifar10/train.npz \
-  data.test=.data/cifar10/test.npz train.epochs=2 train.cuda_graph=true --out /tmp/vqbench-runs --json \
+timeout 80 python3 -m vqbench run --quantizer gmvq --dataset npz data.train=.data/cifar10/train.npz \
+  data.test=.data/cifar10/test.npz train.epochs=${RUN_EPOCHS:-2} train.cuda_graph=true train.compile=${RUN_COMPILE:-none} \
+  --out /tmp/vqbench-runs --json \
   > "$out/run.json" 2> "$out/run.err"; echo "vqbench run exit $?"; tail -n 3 "$out/run.err"
+fi
+
+if on profile; then
+echo "== 6 kernel time per step, compiled, no graph: gmvq vs identity ($((SECONDS - t0)) s)"
+timeout 90 python3 benchmarks/profile_step.py > "$out/profile.txt" 2>&1 || echo "profile failed (exit $?)" >> "$out/profile.txt"
+grep -v "^[EWI][0-9]" "$out/profile.txt" | grep -A19 "^# "
 fi
 
 echo

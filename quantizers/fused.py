@@ -17,10 +17,11 @@ function touching each N×C tensor as few times as it can:
 - Backward reuses one N×C buffer for ∂/∂y → ∂/∂(log π + g) → ∂/∂logits (``addcmul_``
   instead of temporaries) and two matmuls for ∂a, ∂b.
 - Distances, softmax and the sampling run in fp32 even under autocast. Under bf16
-  autocast the backward's matmuls may take bf16 operands (``grad_dtype``, GM-VQ's
-  ``bf16_backward``): gradients to ≈ 1e-3, the reduced-precision bar being 1e-2, while the
-  forward's logits stay fp32 so the sampled codes do not move (TF32 logits moved 41 of
-  65,536 argmaxes on an H100; docs/performance.md).
+  autocast two of the backward's three matmuls (∂L/∂y and ∂b) may take bf16 operands
+  (``grad_dtype``, GM-VQ's ``bf16_backward``): gradients within ≈ 5e-3 of the fp32 ones,
+  the reduced-precision bar being 1e-2. ∂a stays fp32 (in bf16 the precision head's bias
+  gradient moved by 1.1e-2), and so do the forward's logits, so the sampled codes do not
+  move (TF32 logits moved 41 of 65,536 argmaxes on an H100; docs/performance.md).
 
 The noise is drawn exactly as :func:`functional.gumbel_noise` draws it (one ``torch.rand``
 of N×C float32), so with the same seed both paths sample the same codes;
@@ -86,11 +87,12 @@ class GMVQPosteriorSample(torch.autograd.Function):
             if g is not None:
                 # Through log_softmax: ∂L/∂logits = g − π Σ_c g.
                 g.addcmul_(probs, g.sum(dim=-1, keepdim=True), value=-1.0)
-                g_mm = g.to(mm)
+                # ∂a stays fp32: ∂ŵ sums g_c·(−½μ_c²) terms that cancel, and bf16 rounding
+                # of b does not average out (the head's bias gradient moved by 1e-2 in bf16).
                 if ctx.needs_input_grad[0]:
-                    g_a = (g_mm @ b.to(mm)).to(a.dtype)
+                    g_a = (g @ b.float()).to(a.dtype)
                 if ctx.needs_input_grad[1]:
-                    g_b = (g_mm.t() @ a.to(mm)).to(b.dtype)
+                    g_b = (g.to(mm).t() @ a.to(mm)).to(b.dtype)
             if ctx.needs_input_grad[2] and g_centre is not None:
                 # The forward value of c_q is one-hot: ∂L/∂M = onehotᵀ ∂L/∂z_c.
                 g_book = torch.zeros(codebook.shape, dtype=torch.float32, device=codebook.device)
@@ -107,8 +109,8 @@ def gmvq_posterior_sample(
     mean posterior entropy, for ẑ (N, L), precisions ŵ (N, L), codebook M (C, L).
 
     ``sample=False`` (eval): j = argmax π and z_c = μ_j with the gather's gradient only.
-    ``grad_dtype=torch.bfloat16``: the backward's three N×L×C matmuls take bf16 operands
-    (fp32 accumulation); the forward (logits, π, the sample) stays fp32 either way.
+    ``grad_dtype=torch.bfloat16``: the backward's ∂L/∂y and ∂b matmuls take bf16 operands
+    (fp32 accumulation); ∂a and the forward (logits, π, the sample) stay fp32 either way.
     """
     z, weights, codebook = z.float(), weights.float(), codebook.float()
     a = torch.cat([weights * z, weights], dim=-1)

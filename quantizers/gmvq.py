@@ -39,8 +39,8 @@ silent follow ``shared/MATH.md`` and are constructor options:
 - ``fused=True`` (default): posterior and sample by :mod:`quantizers.fused`, one autograd
   Function that computes the same function with far fewer N×C passes and stored tensors;
   ``fused=False`` is the plain reference path (``tests/test_fast_path.py`` compares them).
-  ``bf16_backward=True`` (default): under bf16 autocast the fused backward's three matmuls
-  take bf16 operands (the forward stays fp32); without autocast nothing changes.
+  ``bf16_backward=True`` (default): under bf16 autocast two of the fused backward's three
+  matmuls take bf16 operands (the forward stays fp32); without autocast nothing changes.
 
 Registered variants (``registry.yaml``):
 
