@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 ANCHOR = "VectorQuantize"
 
 
-SUFFIXES = ("-plain", "-compiled", "-tf32", "-bf16")
+SUFFIXES = ("-plain", "-compiled", "-tf32", "-3xtf32", "-bf16")
 
 
 def split_name(name: str) -> tuple[str, set[str]]:
@@ -56,7 +56,9 @@ def build(name: str, codes: int, dim: int, device: torch.device):
     Suffixes: ``-plain`` GM-VQ's reference path (``fused=False``); ``-compiled`` the module
     under ``torch.compile`` (forward and, through AOTAutograd, backward); ``-tf32`` the step
     under ``torch.set_float32_matmul_precision("high")`` (TF32 tensor cores on CUDA);
-    ``-bf16`` the step under bf16 autocast, as the runner trains on CUDA.
+    ``-3xtf32`` TF32 matmuls with GM-VQ's logits split into three TF32-exact products
+    (``logit_matmul="3xtf32"``); ``-bf16`` the step under bf16 autocast, as the runner
+    trains on CUDA.
     """
     base, flags = split_name(name)
     if base == ANCHOR:
@@ -72,8 +74,10 @@ def build(name: str, codes: int, dim: int, device: torch.device):
     else:
         from vqbench.registry import build_quantizer
 
-        module = build_quantizer(base, num_codes=codes, dim=dim,
-                                 **({"fused": False} if "plain" in flags else {})).to(device).train()
+        kwargs = {"fused": False} if "plain" in flags else {}
+        if "3xtf32" in flags:
+            kwargs["logit_matmul"] = "3xtf32"
+        module = build_quantizer(base, num_codes=codes, dim=dim, **kwargs).to(device).train()
         raw = module.codebook_parameter()
         if raw is not None:  # codes at the inputs' scale (k-means here would set the CPU peak)
             with torch.no_grad():
@@ -87,7 +91,7 @@ def build(name: str, codes: int, dim: int, device: torch.device):
 
         inductor_workarounds()
         module.compile(dynamic=False)
-    precision = "high" if "tf32" in flags else "highest"
+    precision = "high" if flags & {"tf32", "3xtf32"} else "highest"
     amp = "bf16" in flags
 
     def step(z, g):

@@ -17,7 +17,8 @@ uint8 split on the device, forward, loss, backward, AdamW, scheduler, quantizer 
   matmuls in fp32, ``quantizer.bf16_backward=false``), ``gmvq-compiled`` (compile reduce-overhead, optimiser
   eager: the model's forward/backward graphed by inductor), ``gmvq-graph-eager`` (whole-step
   graph, no inductor), ``gmvq-tf32`` / ``identity-tf32`` (the fast path with
-  ``train.matmul_precision=high``).
+  ``train.matmul_precision=high``), ``gmvq-3xtf32`` (the same with GM-VQ's logits and ∂a as
+  three TF32-exact products, ``quantizer.logit_matmul=3xtf32``).
 
 A variant that fails to build, compile or capture is reported (table and JSON ``errors``)
 and the others still run.
@@ -93,9 +94,10 @@ def variants(device: str, compile_mode: str) -> dict[str, tuple[str, list[str]]]
     return {"eager": ("gmvq", ["quantizer.fused=false", "train.compile=none"]),
             "identity": ("identity", fast),
             "gmvq": ("gmvq", fast),
+            "vqvae": ("vqvae", fast),
+            "gmvq-3xtf32": ("gmvq", [*fast, "train.matmul_precision=high", "quantizer.logit_matmul=3xtf32"]),
             "gmvq-fp32grad": ("gmvq", [*fast, "quantizer.bf16_backward=false"]),
             "gmvq-tf32": ("gmvq", [*fast, "train.matmul_precision=high"]),
-            "vqvae": ("vqvae", fast),
             "gmvq-graph-eager": ("gmvq", ["train.compile=none", "train.cuda_graph=true"]),  # no inductor
             "gmvq-compiled": ("gmvq", ["train.compile=reduce-overhead"]),  # model graphs, optimiser eager
             "identity-tf32": ("identity", [*fast, "train.matmul_precision=high"])}

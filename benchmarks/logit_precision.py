@@ -19,15 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from quantizers.functional import round_mantissa  # noqa: E402
 from quantizers.gmvq import GMVQ  # noqa: E402
-
-
-def round_mantissa(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """fp32 → the nearest value with a ``bits``-bit mantissa (ties to even), still fp32."""
-    drop = 23 - bits
-    i = x.contiguous().view(torch.int32)
-    i = (i + (1 << (drop - 1)) - 1 + ((i >> drop) & 1)) & ~((1 << drop) - 1)
-    return i.view(torch.float32)
 
 
 def split3(a: torch.Tensor, b: torch.Tensor, bits: int) -> torch.Tensor:

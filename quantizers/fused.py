@@ -32,16 +32,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .functional import matmul_3xtf32
+
 
 class GMVQPosteriorSample(torch.autograd.Function):
-    """(a, b, codebook, tau, sample, grad_dtype) → (π, z_c, j, mean posterior entropy); see
-    module doc. ``grad_dtype``: operand dtype of the backward's matmuls (None: fp32)."""
+    """(a, b, codebook, tau, sample, grad_dtype, split) → (π, z_c, j, mean posterior entropy);
+    see module doc. ``grad_dtype``: operand dtype of ∂L/∂y and ∂b (None: fp32); ``split``:
+    the logits and ∂a by :func:`functional.matmul_3xtf32`."""
 
     @staticmethod
     def forward(ctx, a: Tensor, b: Tensor, codebook: Tensor, tau: Tensor, sample: bool,
-                grad_dtype: torch.dtype | None = None):
+                grad_dtype: torch.dtype | None = None, split: bool = False):
         with torch.autocast(a.device.type, enabled=False):
-            log_pi = torch.log_softmax(a.float() @ b.float().t(), dim=-1)
+            a32, b32 = a.float(), b.float()
+            logits = matmul_3xtf32(a32, b32.t()) if split else a32 @ b32.t()
+            log_pi = torch.log_softmax(logits, dim=-1)
+            del logits
             probs = log_pi.exp()
             # −Σ π log π averaged over vectors (detached, for logging only).
             entropy = -torch.dot(probs.view(-1), log_pi.view(-1)) / probs.shape[0]  # no N×C temporary
@@ -60,7 +66,7 @@ class GMVQPosteriorSample(torch.autograd.Function):
                 y = None
                 del log_pi
             centre = codebook.float().index_select(0, indices)
-        ctx.sample, ctx.grad_dtype = sample, grad_dtype
+        ctx.sample, ctx.grad_dtype, ctx.split = sample, grad_dtype, split
         ctx.mark_non_differentiable(indices, entropy)
         ctx.save_for_backward(a, b, codebook, tau, indices, probs, y)
         return probs, centre, indices, entropy
@@ -90,7 +96,7 @@ class GMVQPosteriorSample(torch.autograd.Function):
                 # ∂a stays fp32: ∂ŵ sums g_c·(−½μ_c²) terms that cancel, and bf16 rounding
                 # of b does not average out (the head's bias gradient moved by 1e-2 in bf16).
                 if ctx.needs_input_grad[0]:
-                    g_a = (g @ b.float()).to(a.dtype)
+                    g_a = (matmul_3xtf32(g, b.float()) if ctx.split else g @ b.float()).to(a.dtype)
                 if ctx.needs_input_grad[1]:
                     g_b = (g.to(mm).t() @ a.to(mm)).to(b.dtype)
             if ctx.needs_input_grad[2] and g_centre is not None:
@@ -98,12 +104,12 @@ class GMVQPosteriorSample(torch.autograd.Function):
                 g_book = torch.zeros(codebook.shape, dtype=torch.float32, device=codebook.device)
                 g_book.index_add_(0, indices, g_centre)
                 g_book = g_book.to(codebook.dtype)
-        return g_a, g_b, g_book, None, None, None
+        return g_a, g_b, g_book, None, None, None, None
 
 
 def gmvq_posterior_sample(
     z: Tensor, weights: Tensor, codebook: Tensor, tau: Tensor, sample: bool,
-    grad_dtype: torch.dtype | None = None,
+    grad_dtype: torch.dtype | None = None, split_tf32: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """π (N, C), z_c = μ_j (N, L) with Gumbel straight-through gradients, j (N,), and the
     mean posterior entropy, for ẑ (N, L), precisions ŵ (N, L), codebook M (C, L).
@@ -111,9 +117,11 @@ def gmvq_posterior_sample(
     ``sample=False`` (eval): j = argmax π and z_c = μ_j with the gather's gradient only.
     ``grad_dtype=torch.bfloat16``: the backward's ∂L/∂y and ∂b matmuls take bf16 operands
     (fp32 accumulation); ∂a and the forward (logits, π, the sample) stay fp32 either way.
+    ``split_tf32=True``: the logits and ∂a as three TF32-exact products
+    (:func:`functional.matmul_3xtf32`), fp32-accurate on TF32 tensor cores.
     """
     z, weights, codebook = z.float(), weights.float(), codebook.float()
     a = torch.cat([weights * z, weights], dim=-1)
     b = torch.cat([codebook, -0.5 * codebook.pow(2)], dim=-1)
     tau = torch.as_tensor(tau, dtype=torch.float32, device=z.device).clone()  # set_progress writes in place
-    return GMVQPosteriorSample.apply(a, b, codebook, tau, sample, grad_dtype)
+    return GMVQPosteriorSample.apply(a, b, codebook, tau, sample, grad_dtype, split_tf32)

@@ -12,6 +12,7 @@ import copy
 import pytest
 import torch
 
+import quantizers.functional as Fq
 from quantizers.gmvq import GMVQ
 from vqbench.config import resolve_config
 from vqbench.errors import UserError
@@ -159,3 +160,42 @@ def test_bf16_backward_is_within_the_reduced_precision_bar():
     assert rel(out_f.probs, out_p.probs) <= 1e-5
     assert max([rel(gz_f, gz_p)] + [rel(gp_f[k], gp_p[k]) for k in gp_p]) <= 1e-2
     assert rel(gp_f["embedding"], gp_32["embedding"]) > 1e-4  # bf16 operands really were used
+
+
+def test_round_mantissa_keeps_ten_bits_to_nearest():
+    x = torch.tensor([1.0 + 2**-10, 1.0 + 2**-11, 1.0 + 3 * 2**-11, 1.0 + 2**-11 + 2**-20, -3.0e-7])
+    y = Fq.round_mantissa(x, 10)
+    assert y.tolist()[:4] == [1.0 + 2**-10, 1.0, 1.0 + 2**-9, 1.0 + 2**-10]  # ties to even, else nearest
+    assert float(y[4]) == pytest.approx(-3.0e-7, rel=2**-10)
+    assert torch.equal(Fq.round_mantissa(y, 10), y)  # TF32 values are fixed points
+
+
+def test_3xtf32_split_is_fp32_accurate_and_one_tf32_product_is_not():
+    """The split the fused path uses with ``logit_matmul="3xtf32"``: on GM-VQ's cancelling
+    logits, three TF32-exact products (accumulated exactly here) are as accurate as fp32,
+    while one TF32 product is not."""
+    fast, _ = layer_pair("sampled", True, codes=256, dim=32)
+    z = torch.randn(2048, 32, generator=torch.Generator().manual_seed(5)) * 0.5
+    with torch.no_grad():
+        w = fast.precision_weights(z)
+        a, b = torch.cat([w * z, w], -1), torch.cat([fast.codebook, -0.5 * fast.codebook**2], -1)
+        ref = a.double() @ b.double().t()
+        parts = [Fq.round_mantissa(t, 10) for t in (a, b)]
+        lows = [Fq.round_mantissa(t - p, 10) for t, p in zip((a, b), parts)]
+        split = parts[0].double() @ parts[1].double().t() + parts[0].double() @ lows[1].double().t() \
+            + lows[0].double() @ parts[1].double().t()
+        one = parts[0].double() @ parts[1].double().t()
+        fp32 = (a @ b.t()).double()
+    err = lambda x: float((x - ref).abs().max())  # noqa: E731
+    assert err(split) <= err(fp32) and err(one) > 50 * err(fp32)
+    assert torch.allclose(Fq.matmul_3xtf32(a, b.t()).double(), ref, rtol=0, atol=4 * err(fp32))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_3xtf32_logits_path_matches_plain(training):
+    fast, plain = layer_pair("sampled", True)
+    fast.logit_matmul = "3xtf32"
+    fast.train(training), plain.train(training)
+    gen = torch.Generator().manual_seed(6)
+    z, upstream = torch.randn(512, 16, generator=gen) * 0.5, torch.randn(512, 16, generator=gen)
+    assert_same(run_layer(fast, z, upstream), run_layer(plain, z, upstream), 1e-5)
