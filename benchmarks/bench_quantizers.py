@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 ANCHOR = "VectorQuantize"
 
 
-SUFFIXES = ("-plain", "-compiled", "-tf32", "-3xtf32", "-bf16")
+SUFFIXES = ("-plain", "-compiled", "-tf32", "-3xtf32", "-bf16", "-triton")
 
 
 def split_name(name: str) -> tuple[str, set[str]]:
@@ -58,7 +58,7 @@ def build(name: str, codes: int, dim: int, device: torch.device):
     under ``torch.set_float32_matmul_precision("high")`` (TF32 tensor cores on CUDA);
     ``-3xtf32`` TF32 matmuls with GM-VQ's logits split into three TF32-exact products
     (``logit_matmul="3xtf32"``); ``-bf16`` the step under bf16 autocast, as the runner
-    trains on CUDA.
+    trains on CUDA; ``-triton`` GM-VQ's Triton kernels (``kernel="triton"``, CUDA).
     """
     base, flags = split_name(name)
     if base == ANCHOR:
@@ -77,6 +77,8 @@ def build(name: str, codes: int, dim: int, device: torch.device):
         kwargs = {"fused": False} if "plain" in flags else {}
         if "3xtf32" in flags:
             kwargs["logit_matmul"] = "3xtf32"
+        if "triton" in flags:
+            kwargs["kernel"] = "triton"
         module = build_quantizer(base, num_codes=codes, dim=dim, **kwargs).to(device).train()
         raw = module.codebook_parameter()
         if raw is not None:  # codes at the inputs' scale (k-means here would set the CPU peak)

@@ -18,7 +18,9 @@ uint8 split on the device, forward, loss, backward, AdamW, scheduler, quantizer 
   eager: the model's forward/backward graphed by inductor), ``gmvq-graph-eager`` (whole-step
   graph, no inductor), ``gmvq-tf32`` / ``identity-tf32`` (the fast path with
   ``train.matmul_precision=high``), ``gmvq-3xtf32`` (the same with GM-VQ's logits and ∂a as
-  three TF32-exact products, ``quantizer.logit_matmul=3xtf32``).
+  three TF32-exact products, ``quantizer.logit_matmul=3xtf32``), ``gmvq-triton`` /
+  ``gmvq-triton-graph-eager`` (GM-VQ's Triton kernels, ``quantizer.kernel=triton``, with and
+  without inductor).
 
 A variant that fails to build, compile or capture is reported (table and JSON ``errors``)
 and the others still run.
@@ -96,6 +98,8 @@ def variants(device: str, compile_mode: str) -> dict[str, tuple[str, list[str]]]
             "gmvq": ("gmvq", fast),
             "vqvae": ("vqvae", fast),
             "gmvq-3xtf32": ("gmvq", [*fast, "train.matmul_precision=high", "quantizer.logit_matmul=3xtf32"]),
+            "gmvq-triton": ("gmvq", [*fast, "quantizer.kernel=triton"]),
+            "gmvq-triton-graph-eager": ("gmvq", ["train.compile=none", "train.cuda_graph=true", "quantizer.kernel=triton"]),
             "gmvq-fp32grad": ("gmvq", [*fast, "quantizer.bf16_backward=false"]),
             "gmvq-tf32": ("gmvq", [*fast, "train.matmul_precision=high"]),
             "gmvq-graph-eager": ("gmvq", ["train.compile=none", "train.cuda_graph=true"]),  # no inductor

@@ -61,6 +61,44 @@ def ties(a, b) -> torch.Tensor:
     return rows[gap.squeeze(1) <= TIE]
 
 
+def check_triton(q: GMVQ, z: torch.Tensor, upstream: torch.Tensor) -> int:
+    """GM-VQ's Triton kernels (``kernel="triton"``) against the plain math given the kernels'
+    own noise: π, indices, z_c and the gradients of z, ŵ and M, fp32. 1 if it fails."""
+    try:
+        from quantizers.gmvq_triton import gumbel_noise, triton_posterior_sample
+    except ImportError as exc:
+        print(f"skip triton kernels: {exc}")
+        return 0
+    import quantizers.functional as Fq
+
+    seed = torch.tensor(1234, dtype=torch.int64, device=z.device)
+    noise = gumbel_noise(seed, len(z), q.num_codes, z.device)
+    tau = q.tau.clone()
+    up_probs = torch.randn(q.num_codes, device=z.device).expand(len(z), -1) / len(z)  # q^B-like
+    runs = []
+    for kind in ("triton", "plain"):
+        zz = z.clone().requires_grad_()
+        with torch.no_grad():
+            w = q.precision_weights(z)
+        ww, mm = w.clone().requires_grad_(), q.codebook.detach().clone().requires_grad_()
+        if kind == "triton":
+            probs, centre, idx, _ = triton_posterior_sample(zz, ww, mm, tau, True, seed=seed)
+        else:
+            log_pi = torch.log_softmax(-0.5 * Fq.weighted_squared_distances(zz, ww, mm), -1)
+            probs = log_pi.exp()
+            c_q, idx, _ = Fq.gumbel_softmax_st(log_pi, tau, noise=noise)
+            centre = c_q @ mm
+        ((centre * upstream).sum() + (probs * up_probs).sum()).backward()
+        runs.append((probs, centre, idx, zz.grad, ww.grad, mm.grad))
+    (p1, c1, i1, *g1), (p2, c2, i2, *g2) = runs
+    mism = int((i1 != i2).sum())
+    err = max([rel(p1, p2), rel(c1, c2)] + [rel(a, b) for a, b in zip(g1, g2)])
+    ok = err <= 1e-4 and mism <= 2  # different summation orders; near-ties of log π + g may flip
+    print(f"{'ok  ' if ok else 'FAIL'} triton kernels vs plain (same noise) train fp32: max rel err {err:.1e} "
+          f"(≤ 1e-4), index mismatches {mism}")
+    return int(not ok)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -128,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"max rel err {err:.1e} (reduced-precision bar 1e-2), index mismatches {mism} of {n} "
                       f"(+{tied.numel()} ties; info)")
         fast.logit_matmul = "fp32"
+    if device.type == "cuda":
+        failed += check_triton(fast, z, upstream)
     if not args.no_compile:
         inductor_workarounds()
         fast.eval()

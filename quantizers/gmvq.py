@@ -43,6 +43,9 @@ silent follow ``shared/MATH.md`` and are constructor options:
   matmuls take bf16 operands (the forward stays fp32); without autocast nothing changes.
   ``logit_matmul="3xtf32"``: the fused logits and ∂a as three TF32-exact products, for
   ``train.matmul_precision=high`` (one TF32 product moved 41 of 65,536 codes on an H100).
+  ``kernel="triton"`` (CUDA; experimental, unmeasured): :mod:`quantizers.gmvq_triton`,
+  which never stores the N×C logits, noise or soft sample (its Gumbel noise is Philox noise
+  drawn in the kernel, so its samples differ from the PyTorch paths' for the same seed).
 
 Registered variants (``registry.yaml``):
 
@@ -59,6 +62,7 @@ Registered variants (``registry.yaml``):
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +100,7 @@ class GMVQ(Quantizer):
         head_lr_scale: float = 0.1,
         bf16_backward: bool = True,
         logit_matmul: str = "fp32",
+        kernel: str = "torch",
     ) -> None:
         super().__init__(num_codes, dim)
         for name, value in (("gamma", gamma), ("beta", beta), ("eps", eps)):
@@ -121,6 +126,9 @@ class GMVQ(Quantizer):
         if logit_matmul not in ("fp32", "3xtf32"):
             raise ValueError(f"logit_matmul must be fp32 or 3xtf32, got {logit_matmul!r}")
         self.logit_matmul = logit_matmul
+        if kernel not in ("torch", "triton"):
+            raise ValueError(f"kernel must be torch or triton, got {kernel!r}")
+        self.kernel = kernel
         check_positive("head_lr_scale", head_lr_scale)
         self.head_lr_scale = float(head_lr_scale)
         self._calibrated_seen = False  # caches the buffer: no host sync per step once True
@@ -295,9 +303,15 @@ class GMVQ(Quantizer):
             # One pass for π, q^B's input and the Gumbel sample (quantizers/fused.py); same
             # function and the same noise draws as the plain path below.
             zw = self._calibrated(z.float())
-            probs, centre, indices, post_entropy = gmvq_posterior_sample(
-                zw, self.precision_weights(zw), self.codebook.float(), self.tau, sample=self.training,
-                grad_dtype=self._backward_dtype(z.device.type), split_tf32=self.logit_matmul == "3xtf32")
+            if self.kernel == "triton" and (zw.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+                from .gmvq_triton import triton_posterior_sample  # Triton only when asked for
+
+                probs, centre, indices, post_entropy = triton_posterior_sample(
+                    zw, self.precision_weights(zw), self.codebook.float(), self.tau, sample=self.training)
+            else:
+                probs, centre, indices, post_entropy = gmvq_posterior_sample(
+                    zw, self.precision_weights(zw), self.codebook.float(), self.tau, sample=self.training,
+                    grad_dtype=self._backward_dtype(z.device.type), split_tf32=self.logit_matmul == "3xtf32")
             q_batch = self._batch_posterior(probs)
             if self.training:
                 z_s, sampled_sq = self._add_noise(zw, centre, indices)
