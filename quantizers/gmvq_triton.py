@@ -36,14 +36,15 @@ def _gumbel(seed, offsets):
 
 
 @triton.jit
-def _logits(a, b_ptr, cols, cmask, ks, K: tl.constexpr):
+def _logits(a, b_ptr, cols, cmask, ks, K: tl.constexpr, DOT: tl.constexpr):
     b = tl.load(b_ptr + cols[:, None] * K + ks[None, :], mask=cmask[:, None], other=0.0)
-    return tl.dot(a, tl.trans(b), input_precision="ieee"), b
+    return tl.dot(a, tl.trans(b), input_precision=DOT), b
 
 
 @triton.jit
 def _forward(a_ptr, b_ptr, tau_ptr, seed_ptr, probs_ptr, lse_ptr, lse_y_ptr, idx_ptr, ent_ptr,
-             N, C, K: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr, SAMPLE: tl.constexpr):
+             N, C, K: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr, SAMPLE: tl.constexpr,
+             DOT: tl.constexpr):
     rows = tl.program_id(0) * BN + tl.arange(0, BN)
     rmask = rows < N
     ks = tl.arange(0, K)
@@ -59,7 +60,7 @@ def _forward(a_ptr, b_ptr, tau_ptr, seed_ptr, probs_ptr, lse_ptr, lse_y_ptr, idx
     for c0 in range(0, C, BC):
         cols = c0 + tl.arange(0, BC)
         cmask = cols < C
-        logits, _ = _logits(a, b_ptr, cols, cmask, ks, K)
+        logits, _ = _logits(a, b_ptr, cols, cmask, ks, K, DOT)
         logits = tl.where(cmask[None, :], logits, float("-inf"))
         m_new = tl.maximum(m, tl.max(logits, 1))
         s = s * tl.exp(m - m_new) + tl.sum(tl.exp(logits - m_new[:, None]), 1)
@@ -83,7 +84,7 @@ def _forward(a_ptr, b_ptr, tau_ptr, seed_ptr, probs_ptr, lse_ptr, lse_y_ptr, idx
     for c0 in range(0, C, BC):
         cols = c0 + tl.arange(0, BC)
         cmask = cols < C
-        logits, _ = _logits(a, b_ptr, cols, cmask, ks, K)
+        logits, _ = _logits(a, b_ptr, cols, cmask, ks, K, DOT)
         log_pi = logits - lse[:, None]
         probs = tl.exp(log_pi)
         entropy -= tl.sum(tl.where(cmask[None, :], probs * log_pi, 0.0), 1)
@@ -99,7 +100,7 @@ def _forward(a_ptr, b_ptr, tau_ptr, seed_ptr, probs_ptr, lse_ptr, lse_y_ptr, idx
 @triton.jit
 def _backward(a_ptr, b_ptr, book_ptr, tau_ptr, seed_ptr, lse_ptr, lse_y_ptr, gp_ptr, gp_sn, gp_sc,
               gc_ptr, ga_ptr, gb_ptr, N, C, K: tl.constexpr, L: tl.constexpr, BN: tl.constexpr,
-              BC: tl.constexpr, SAMPLE: tl.constexpr, HAS_GP: tl.constexpr):
+              BC: tl.constexpr, SAMPLE: tl.constexpr, HAS_GP: tl.constexpr, DOT: tl.constexpr):
     rows = tl.program_id(0) * BN + tl.arange(0, BN)
     rmask = rows < N
     ks = tl.arange(0, K)
@@ -118,7 +119,7 @@ def _backward(a_ptr, b_ptr, book_ptr, tau_ptr, seed_ptr, lse_ptr, lse_y_ptr, gp_
             cols = c0 + tl.arange(0, BC)
             cmask = cols < C
             both = rmask[:, None] & cmask[None, :]
-            logits, b = _logits(a, b_ptr, cols, cmask, ks, K)
+            logits, b = _logits(a, b_ptr, cols, cmask, ks, K, DOT)
             probs = tl.where(both, tl.exp(logits - lse[:, None]), 0.0)
             grad = tl.zeros([BN, BC], tl.float32)
             if HAS_GP:  # without ∂L/∂π, S2 = 0 and π's term vanishes
@@ -131,14 +132,14 @@ def _backward(a_ptr, b_ptr, book_ptr, tau_ptr, seed_ptr, lse_ptr, lse_y_ptr, gp_
                 noise = _gumbel(seed, rows[:, None].to(tl.int64) * C + cols[None, :])
                 y = tl.where(both, tl.exp((logits + noise) / tau - lse_y[:, None]), 0.0)
                 book = tl.load(book_ptr + cols[:, None] * L + ls[None, :], mask=cmask[:, None], other=0.0)
-                dy = tl.dot(gc, tl.trans(book), input_precision="ieee")  # ∂L/∂y = (∂L/∂z_c) Mᵀ / τ
+                dy = tl.dot(gc, tl.trans(book), input_precision=DOT)  # ∂L/∂y = (∂L/∂z_c) Mᵀ / τ
                 if sweep == 0:
                     s1 += tl.sum(y * dy, 1)
                 else:
                     grad += y * (dy - s1[:, None])
             if sweep == 1:
-                g_a += tl.dot(grad, b, input_precision="ieee")
-                g_b = tl.dot(tl.trans(grad), a, input_precision="ieee")
+                g_a += tl.dot(grad, b, input_precision=DOT)
+                g_b = tl.dot(tl.trans(grad), a, input_precision=DOT)
                 tl.atomic_add(gb_ptr + cols[:, None] * K + ks[None, :], g_b, mask=cmask[:, None])
         if sweep == 1:
             tl.store(ga_ptr + rows[:, None] * K + ks[None, :], g_a, mask=rmask[:, None])
@@ -146,6 +147,10 @@ def _backward(a_ptr, b_ptr, book_ptr, tau_ptr, seed_ptr, lse_ptr, lse_y_ptr, gp_
 
 BN, BC = 64, 64  # latents × codes per tile
 WARPS = 8  # a (BN×2L) and ∂a stay in registers across the whole codebook walk
+# Every product is recomputed per tile (the logits four times), so they must run on tensor
+# cores: 3xTF32 is as exact as fp32 on GM-VQ's cancelling logits (benchmarks/logit_precision.py:
+# max |Δlogit| 2.9e-5, no argmax flips at N = 65,536), where one TF32 product is not.
+DOT_PRECISION = "tf32x3"
 
 
 class TritonPosteriorSample(torch.autograd.Function):
@@ -163,7 +168,7 @@ class TritonPosteriorSample(torch.autograd.Function):
         indices = torch.empty(n, device=a.device, dtype=torch.int64)
         entropy = torch.zeros((), device=a.device, dtype=torch.float32)
         _forward[(triton.cdiv(n, bn),)](a, b, tau, seed, probs, lse, lse_y, indices, entropy, n, c,
-                                        K=k, BN=bn, BC=bc, SAMPLE=sample, num_warps=WARPS)
+                                        K=k, BN=bn, BC=bc, SAMPLE=sample, DOT=DOT_PRECISION, num_warps=WARPS)
         centre = codebook.float().index_select(0, indices)
         ctx.sample = sample
         ctx.mark_non_differentiable(indices, entropy)
@@ -185,7 +190,8 @@ class TritonPosteriorSample(torch.autograd.Function):
         g_b = torch.zeros_like(b)
         _backward[(triton.cdiv(n, bn),)](a, b, book, tau, seed, lse, lse_y, gp, gp.stride(0), gp.stride(-1),
                                          g_centre32, g_a, g_b, n, c, K=k, L=dim, BN=bn, BC=bc,
-                                         SAMPLE=sample, HAS_GP=g_probs is not None, num_warps=WARPS)
+                                         SAMPLE=sample, HAS_GP=g_probs is not None, DOT=DOT_PRECISION,
+                                         num_warps=WARPS)
         g_book = None
         if ctx.needs_input_grad[2] and g_centre is not None:
             g_book = torch.zeros(codebook.shape, dtype=torch.float32, device=codebook.device)
