@@ -50,7 +50,7 @@ from quantizers.base import Quantizer, QuantizerOutput  # noqa: E402
 from vqbench.config import resolve_config  # noqa: E402
 from vqbench.data import ImageData  # noqa: E402
 from vqbench.registry import register_quantizer  # noqa: E402
-from vqbench.runner import Trainer, to_float_images  # noqa: E402
+from vqbench.runner import Trainer  # noqa: E402
 
 SHARDS = (ROOT / ".data" / "cifar10" / "train.npz", ROOT.parent / "shared" / "data" / "cifar10" / "train-0.npz")
 

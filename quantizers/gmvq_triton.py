@@ -36,6 +36,14 @@ def _gumbel(seed, offsets):
 
 
 @triton.jit
+def _offsets(rows, cols, C, WIDE: tl.constexpr):
+    """n·C + c: int32 (32-bit Philox, the fast one) unless N·C ≥ 2³¹."""
+    if WIDE:
+        return rows[:, None].to(tl.int64) * C + cols[None, :]
+    return rows[:, None] * C + cols[None, :]
+
+
+@triton.jit
 def _logits(a, b_ptr, cols, cmask, ks, K: tl.constexpr, DOT: tl.constexpr):
     b = tl.load(b_ptr + cols[:, None] * K + ks[None, :], mask=cmask[:, None], other=0.0)
     return tl.dot(a, tl.trans(b), input_precision=DOT), b
@@ -44,7 +52,7 @@ def _logits(a, b_ptr, cols, cmask, ks, K: tl.constexpr, DOT: tl.constexpr):
 @triton.jit
 def _forward(a_ptr, b_ptr, tau_ptr, seed_ptr, probs_ptr, lse_ptr, lse_y_ptr, idx_ptr, ent_ptr,
              N, C, K: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr, SAMPLE: tl.constexpr,
-             DOT: tl.constexpr):
+             DOT: tl.constexpr, WIDE: tl.constexpr):
     rows = tl.program_id(0) * BN + tl.arange(0, BN)
     rmask = rows < N
     ks = tl.arange(0, K)
@@ -66,7 +74,7 @@ def _forward(a_ptr, b_ptr, tau_ptr, seed_ptr, probs_ptr, lse_ptr, lse_y_ptr, idx
         s = s * tl.exp(m - m_new) + tl.sum(tl.exp(logits - m_new[:, None]), 1)
         m = m_new
         if SAMPLE:
-            perturbed = logits + _gumbel(seed, rows[:, None].to(tl.int64) * C + cols[None, :])
+            perturbed = logits + _gumbel(seed, _offsets(rows, cols, C, WIDE))
         else:
             perturbed = logits
         tile_best = tl.max(perturbed, 1)
@@ -88,7 +96,7 @@ def _forward(a_ptr, b_ptr, tau_ptr, seed_ptr, probs_ptr, lse_ptr, lse_y_ptr, idx
         log_pi = logits - lse[:, None]
         probs = tl.exp(log_pi)
         entropy -= tl.sum(tl.where(cmask[None, :], probs * log_pi, 0.0), 1)
-        tl.store(probs_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], probs,
+        tl.store(probs_ptr + _offsets(rows, cols, C, WIDE), probs,
                  mask=rmask[:, None] & cmask[None, :])
     tl.store(lse_ptr + rows, lse, mask=rmask)
     if SAMPLE:
@@ -100,7 +108,8 @@ def _forward(a_ptr, b_ptr, tau_ptr, seed_ptr, probs_ptr, lse_ptr, lse_y_ptr, idx
 @triton.jit
 def _backward(a_ptr, b_ptr, book_ptr, tau_ptr, seed_ptr, lse_ptr, lse_y_ptr, gp_ptr, gp_sn, gp_sc,
               gc_ptr, ga_ptr, gb_ptr, N, C, K: tl.constexpr, L: tl.constexpr, BN: tl.constexpr,
-              BC: tl.constexpr, SAMPLE: tl.constexpr, HAS_GP: tl.constexpr, DOT: tl.constexpr):
+              BC: tl.constexpr, SAMPLE: tl.constexpr, HAS_GP: tl.constexpr, DOT: tl.constexpr,
+              WIDE: tl.constexpr):
     rows = tl.program_id(0) * BN + tl.arange(0, BN)
     rmask = rows < N
     ks = tl.arange(0, K)
@@ -129,7 +138,7 @@ def _backward(a_ptr, b_ptr, book_ptr, tau_ptr, seed_ptr, lse_ptr, lse_y_ptr, gp_
                 else:
                     grad += probs * (gp - s2[:, None])
             if SAMPLE:
-                noise = _gumbel(seed, rows[:, None].to(tl.int64) * C + cols[None, :])
+                noise = _gumbel(seed, _offsets(rows, cols, C, WIDE))
                 y = tl.where(both, tl.exp((logits + noise) / tau - lse_y[:, None]), 0.0)
                 book = tl.load(book_ptr + cols[:, None] * L + ls[None, :], mask=cmask[:, None], other=0.0)
                 dy = tl.dot(gc, tl.trans(book), input_precision=DOT)  # ∂L/∂y = (∂L/∂z_c) Mᵀ / τ
@@ -151,6 +160,7 @@ WARPS = 8  # a (BN×2L) and ∂a stay in registers across the whole codebook wal
 # cores: 3xTF32 is as exact as fp32 on GM-VQ's cancelling logits (benchmarks/logit_precision.py:
 # max |Δlogit| 2.9e-5, no argmax flips at N = 65,536), where one TF32 product is not.
 DOT_PRECISION = "tf32x3"
+WIDE_FROM = 2**31  # N·C from which noise offsets need int64 (64-bit Philox, slower)
 
 
 class TritonPosteriorSample(torch.autograd.Function):
@@ -168,7 +178,8 @@ class TritonPosteriorSample(torch.autograd.Function):
         indices = torch.empty(n, device=a.device, dtype=torch.int64)
         entropy = torch.zeros((), device=a.device, dtype=torch.float32)
         _forward[(triton.cdiv(n, bn),)](a, b, tau, seed, probs, lse, lse_y, indices, entropy, n, c,
-                                        K=k, BN=bn, BC=bc, SAMPLE=sample, DOT=DOT_PRECISION, num_warps=WARPS)
+                                        K=k, BN=bn, BC=bc, SAMPLE=sample, DOT=DOT_PRECISION, WIDE=n * c >= WIDE_FROM,
+                                        num_warps=WARPS)
         centre = codebook.float().index_select(0, indices)
         ctx.sample = sample
         ctx.mark_non_differentiable(indices, entropy)
@@ -191,7 +202,7 @@ class TritonPosteriorSample(torch.autograd.Function):
         _backward[(triton.cdiv(n, bn),)](a, b, book, tau, seed, lse, lse_y, gp, gp.stride(0), gp.stride(-1),
                                          g_centre32, g_a, g_b, n, c, K=k, L=dim, BN=bn, BC=bc,
                                          SAMPLE=sample, HAS_GP=g_probs is not None, DOT=DOT_PRECISION,
-                                         num_warps=WARPS)
+                                         WIDE=n * c >= WIDE_FROM, num_warps=WARPS)
         g_book = None
         if ctx.needs_input_grad[2] and g_centre is not None:
             g_book = torch.zeros(codebook.shape, dtype=torch.float32, device=codebook.device)
@@ -204,14 +215,16 @@ def gumbel_noise(seed: Tensor, n: int, c: int, device: torch.device) -> Tensor:
     """The (N, C) noise the kernels draw for ``seed`` (for tests: the plain path given it
     must compute what the kernels compute)."""
     out = torch.empty(n, c, device=device, dtype=torch.float32)
-    _noise[(triton.cdiv(n * c, 1024),)](seed, out, n * c, B=1024)
+    _noise[(triton.cdiv(n * c, 1024),)](seed, out, n * c, B=1024, WIDE=n * c >= WIDE_FROM)
     return out
 
 
 @triton.jit
-def _noise(seed_ptr, out_ptr, total, B: tl.constexpr):
+def _noise(seed_ptr, out_ptr, total, B: tl.constexpr, WIDE: tl.constexpr):
     offsets = tl.program_id(0) * B + tl.arange(0, B)
-    tl.store(out_ptr + offsets, _gumbel(tl.load(seed_ptr), offsets.to(tl.int64)), mask=offsets < total)
+    if WIDE:
+        offsets = offsets.to(tl.int64)
+    tl.store(out_ptr + offsets, _gumbel(tl.load(seed_ptr), offsets), mask=offsets < total)
 
 
 def triton_posterior_sample(z: Tensor, weights: Tensor, codebook: Tensor, tau: Tensor, sample: bool,

@@ -44,9 +44,14 @@ def leaves(*tensors):
     return [t.clone().requires_grad_() for t in tensors]
 
 
+@pytest.mark.parametrize("wide", [False, True])  # int32 or int64 (N·C ≥ 2³¹) noise offsets
 @pytest.mark.parametrize("sample", [True, False])
 @pytest.mark.parametrize("probs_grad", ["full", "per-code", "none"])
-def test_kernels_match_the_plain_path(sample, probs_grad):
+def test_kernels_match_the_plain_path(sample, probs_grad, wide, monkeypatch):
+    import quantizers.gmvq_triton as kernels
+
+    if wide:
+        monkeypatch.setattr(kernels, "WIDE_FROM", 0)
     z, weights, codebook = inputs()
     tau = torch.tensor(0.7)
     seed = torch.tensor(1234, dtype=torch.int64)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from vqbench.testing import runner_optimizer, runner_step
+from vqbench.testing import runner_optimizer
 
 REGISTRY = Path(__file__).resolve().parents[1] / "registry.yaml"
 ENTRIES = yaml.safe_load(REGISTRY.read_text())["quantizers"]

@@ -11,7 +11,6 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from quantizers import functional as Fq
-from quantizers.gmvq import GMVQ
 
 
 def posterior(case: Case) -> torch.Tensor:

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
