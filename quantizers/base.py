@@ -122,3 +122,19 @@ class Quantizer(nn.Module, abc.ABC):
     def reconstruction_loss(self, x: Tensor, x_hat: Tensor) -> Tensor:
         """Mean squared error over pixels; methods with another likelihood override it."""
         return F.mse_loss(x_hat, x)
+
+
+class AnnealedQuantizer(Quantizer):
+    """A quantizer with a Gumbel-softmax temperature τ, annealed exponentially from
+    ``tau_start`` to ``tau_end`` over training through ``set_progress`` (GM-VQ paper §5.1).
+    τ lives in a buffer: checkpoints carry it, and a captured CUDA graph reads its current
+    value instead of the one at capture."""
+
+    def init_temperature(self, tau_start: float, tau_end: float) -> None:
+        check_positive("tau_start", tau_start)
+        check_positive("tau_end", tau_end)
+        self.tau_start, self.tau_end = float(tau_start), float(tau_end)
+        self.register_buffer("tau", torch.tensor(self.tau_start))
+
+    def set_progress(self, fraction: float) -> None:
+        self.tau.fill_(Fq.exponential_schedule(self.tau_start, self.tau_end, fraction))

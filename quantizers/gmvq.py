@@ -71,14 +71,14 @@ from torch import Tensor, nn
 from . import distributed as Fd
 from . import functional as Fq
 from .fused import gmvq_posterior_sample
-from .base import Quantizer, QuantizerOutput, check_positive
+from .base import AnnealedQuantizer, QuantizerOutput, check_positive
 
 LATREG_READINGS = ("sampled", "aggregated", "posterior")
 OBJECTIVES = ("albo", "bound")
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-class GMVQ(Quantizer):
+class GMVQ(AnnealedQuantizer):
     """Gaussian-mixture VQ trained on the (negative) ALBO, paper eq. 21, or on a valid bound."""
 
     def __init__(
@@ -105,8 +105,8 @@ class GMVQ(Quantizer):
         super().__init__(num_codes, dim)
         for name, value in (("gamma", gamma), ("beta", beta), ("eps", eps)):
             check_positive(name, value, allow_zero=True)
-        for name, value in (("sigma2", sigma2), ("tau_start", tau_start), ("tau_end", tau_end)):
-            check_positive(name, value)
+        check_positive("sigma2", sigma2)
+        self.init_temperature(tau_start, tau_end)  # τ's buffer first, as checkpoints list it
         if latreg not in LATREG_READINGS:
             raise ValueError(f"latreg must be one of {', '.join(LATREG_READINGS)}, got {latreg!r}")
         if objective not in OBJECTIVES:
@@ -121,7 +121,6 @@ class GMVQ(Quantizer):
             raise ValueError(f"aggregate must be global or local, got {aggregate!r}")
         self.aggregate = aggregate
         self.precision_init = precision_init
-        self.tau_start, self.tau_end = float(tau_start), float(tau_end)
         self.fused, self.bf16_backward = bool(fused), bool(bf16_backward)
         if logit_matmul not in ("fp32", "3xtf32"):
             raise ValueError(f"logit_matmul must be fp32 or 3xtf32, got {logit_matmul!r}")
@@ -138,8 +137,6 @@ class GMVQ(Quantizer):
             # Start isotropic with ŵ = 1: zero weights, bias = softplus⁻¹(1).
             nn.init.zeros_(self.weight_head.weight)
             nn.init.constant_(self.weight_head.bias, math.log(math.expm1(1.0)))
-        # A buffer, so checkpoints carry the current temperature.
-        self.register_buffer("tau", torch.tensor(self.tau_start))
         scale = 1.0 if precision_init == "auto" else float(precision_init)
         self.register_buffer("precision_scale", torch.tensor(scale))
         self.register_buffer("calibrated", torch.tensor(precision_init != "auto"))
@@ -178,9 +175,6 @@ class GMVQ(Quantizer):
         super().init_codebook(samples, generator)
         if self.precision_init == "auto":
             self.calibrate_precision(samples)
-
-    def set_progress(self, fraction: float) -> None:
-        self.tau.fill_(Fq.exponential_schedule(self.tau_start, self.tau_end, fraction))
 
     def precision_weights(self, z: Tensor) -> Tensor:
         """ŵ = softplus(r̂(ẑ)) (eq. 15), shape (N, L)."""

@@ -17,10 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as Fq
-from .base import Quantizer, QuantizerOutput, check_positive
+from .base import AnnealedQuantizer, QuantizerOutput, check_positive
 
 
-class GumbelQuantizer(Quantizer):
+class GumbelQuantizer(AnnealedQuantizer):
     """Encoder-predicted categorical posterior with Gumbel-softmax (``gumbel-vqvae``)."""
 
     def __init__(
@@ -33,12 +33,10 @@ class GumbelQuantizer(Quantizer):
     ) -> None:
         super().__init__(num_codes, dim)
         check_positive("kl_weight", kl_weight, allow_zero=True)
-        check_positive("tau_start", tau_start)
-        check_positive("tau_end", tau_end)
-        self.kl_weight, self.tau_start, self.tau_end = float(kl_weight), float(tau_start), float(tau_end)
+        self.init_temperature(tau_start, tau_end)
+        self.kl_weight = float(kl_weight)
         self.proj = nn.Linear(self.dim, self.num_codes)
         self.embedding = nn.Parameter(torch.randn(self.num_codes, self.dim) / self.dim**0.5)
-        self.register_buffer("tau", torch.tensor(self.tau_start))
 
     @property
     def codebook(self) -> Tensor:
@@ -47,9 +45,6 @@ class GumbelQuantizer(Quantizer):
     @property
     def cuda_graph_safe(self) -> bool:
         return True  # τ is read from its buffer
-
-    def set_progress(self, fraction: float) -> None:
-        self.tau.fill_(Fq.exponential_schedule(self.tau_start, self.tau_end, fraction))
 
     def quantize(self, z: Tensor) -> QuantizerOutput:
         log_q = torch.log_softmax(self.proj(z.float()), dim=-1)  # fp32 softmax under autocast

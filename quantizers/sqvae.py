@@ -29,10 +29,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import functional as Fq
-from .base import Quantizer, QuantizerOutput, check_positive
+from .base import AnnealedQuantizer, QuantizerOutput, check_positive
 
 
-class SQVAE(Quantizer):
+class SQVAE(AnnealedQuantizer):
     """Stochastically quantised VAE with a learnable, self-annealing variance (``sqvae``)."""
 
     def __init__(
@@ -47,12 +47,11 @@ class SQVAE(Quantizer):
         super().__init__(num_codes, dim)
         if not math.isfinite(log_var_init):
             raise ValueError(f"log_var_init must be finite, got {log_var_init!r}")
-        for name, value in (("tau_start", tau_start), ("tau_end", tau_end), ("eps", eps)):
-            check_positive(name, value)
-        self.tau_start, self.tau_end, self.eps = float(tau_start), float(tau_end), float(eps)
+        self.init_temperature(tau_start, tau_end)
+        check_positive("eps", eps)
+        self.eps = float(eps)
         self.embedding = nn.Parameter(torch.randn(self.num_codes, self.dim) / self.dim**0.5)
         self.log_var = nn.Parameter(torch.tensor(float(log_var_init)))
-        self.register_buffer("tau", torch.tensor(self.tau_start))
         self._vectors_per_batch: int | None = None
 
     @property
@@ -67,9 +66,6 @@ class SQVAE(Quantizer):
     def variance(self) -> Tensor:
         """σ² of the stochastic quantiser (detached)."""
         return self.log_var.detach().exp()
-
-    def set_progress(self, fraction: float) -> None:
-        self.tau.fill_(Fq.exponential_schedule(self.tau_start, self.tau_end, fraction))
 
     def quantize(self, z: Tensor) -> QuantizerOutput:
         z32, codebook = z.float(), self.codebook.float()

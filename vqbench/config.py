@@ -85,6 +85,7 @@ class RunConfig:
 # Keys that say where and how a run is stored, not what it computes: left out of the hash
 # (so a resumed run may change them and still find its run folder).
 _NOT_HASHED = ("out", "name", "device", "results")
+MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision
 _NOT_HASHED_TRAIN = ("checkpoint_every", "cuda_graph")  # cuda_graph: the same step, replayed
 
 
@@ -146,7 +147,7 @@ def _check_ranges(cfg: DictConfig) -> None:
         (t.kmeans_samples >= 1, "train.kmeans_samples must be ≥ 1"),
         (t.grad_clip is None or t.grad_clip > 0, "train.grad_clip must be > 0 (or null)"),
         (t.amp in ("auto", "bf16", "none"), "train.amp must be auto, bf16 or none"),
-        (t.matmul_precision in ("highest", "high", "medium"), "train.matmul_precision must be highest, high or medium"),
+        (t.matmul_precision in MATMUL_PRECISIONS, "train.matmul_precision must be highest, high or medium"),
         (t.checkpoint_every is None or t.checkpoint_every >= 1, "train.checkpoint_every must be ≥ 1"),
         (cfg.model.latent_dim >= 1, "model.latent_dim must be ≥ 1"),
         (cfg.model.channels >= 1, "model.channels must be ≥ 1"),

@@ -88,6 +88,8 @@ class Trainer:
         self.model = self.dist.prepare_model(self.model, cfg.seed)  # DDP when distributed
         amp = cfg.train.amp if cfg.train.amp != "auto" else ("bf16" if self.use_cuda else "none")
         self.amp_dtype = torch.bfloat16 if amp == "bf16" else None
+        # Read once, not per step. A captured graph must not reuse autocast's cast cache.
+        self.autocast_cache, self.grad_clip = not cfg.train.cuda_graph, cfg.train.grad_clip
 
         # Whole splits on the device as uint8; batches are gathered by index.
         self.train_images = self.data.train.to(self.device)
@@ -132,9 +134,8 @@ class Trainer:
                 "use more images, or set train.kmeans_init=false")
 
     def autocast(self):
-        # A captured graph must not reuse autocast's cast cache across replays.
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                              enabled=self.amp_dtype is not None, cache_enabled=not self.cfg.train.cuda_graph)
+                              enabled=self.amp_dtype is not None, cache_enabled=self.autocast_cache)
 
     def init_codebook(self) -> None:
         cfg, quantizer = self.cfg, self.model.quantizer
@@ -185,8 +186,8 @@ class Trainer:
         if self.graphed_step is None:  # a captured backward writes fresh .grad (stepgraph)
             self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.cfg.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.train.grad_clip)
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
         self.optimizer.step()
         return loss.detach(), (x_hat.detach() - x).pow(2).mean(), out.terms
 

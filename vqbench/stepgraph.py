@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .errors import UserError
-from .training import lrs_as_tensors, to_float_images
+from .training import CUDAGRAPH_COMPILE_MODES, lrs_as_tensors, to_float_images
 
 if TYPE_CHECKING:
     from quantizers.base import Quantizer
@@ -46,7 +46,7 @@ def check_cuda_graph(cfg, device: torch.device, distributed: bool, quantizer: Qu
     if device.type != "cuda":
         raise UserError(f"train.cuda_graph=true needs a CUDA device, but this run is on {device.type}; "
                         "drop it or use device=cuda")
-    if cfg.train.compile in ("reduce-overhead", "max-autotune"):
+    if cfg.train.compile in CUDAGRAPH_COMPILE_MODES:
         raise UserError(f"train.cuda_graph=true already graphs the whole step; train.compile={cfg.train.compile} "
                         "would nest CUDA graphs: use train.compile=default, max-autotune-no-cudagraphs or none")
     if distributed:

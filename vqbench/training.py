@@ -89,10 +89,8 @@ def lrs_as_tensors(optimizer: torch.optim.Optimizer, device: torch.device) -> No
         group["capturable"] = device.type == "cuda"  # CPU AdamW has no capturable mode
 
 
-MATMUL_PRECISIONS = ("highest", "high", "medium")
-
-
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDAGRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")  # inductor wraps these in its own CUDA graphs
 
 
 def inductor_workarounds() -> None:
@@ -113,7 +111,7 @@ def compile_model(model: torch.nn.Module, mode: str) -> bool:
     if mode != "none":
         inductor_workarounds()
         model.compile(mode=None if mode == "default" else mode, dynamic=False)
-    return mode in ("reduce-overhead", "max-autotune")
+    return mode in CUDAGRAPH_COMPILE_MODES
 
 
 def to_float_images(batch_u8: Tensor, channels_last: bool) -> Tensor:
