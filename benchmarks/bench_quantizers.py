@@ -20,7 +20,6 @@ anchor's too (see ``build``). A variant that fails to build or compile is report
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -33,6 +32,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from common import describe, fail, finish, require_device, steady_allocator  # noqa: E402
 
 ANCHOR = "VectorQuantize"
 
@@ -168,6 +169,11 @@ def run(args) -> dict:
     names = args.only or [ANCHOR, *list_names(), "gmvq-plain"]
     if ANCHOR not in names:
         names = [ANCHOR, *names]
+    known = {ANCHOR, *list_names()}
+    unknown = [n for n in names if split_name(n)[0] not in known]
+    if unknown:
+        fail("bench_quantizers", f"unknown quantizer {', '.join(unknown)}; choose from {', '.join(sorted(known))} "
+             f"with the suffixes {', '.join(SUFFIXES)}")
     steps, errors, peaks = {}, {}, {}
     z, g = inputs(args.tokens, args.dim, device)
     for name in names:  # warm-up (compile; GM-VQ's precision calibration on its first batch)
@@ -179,7 +185,7 @@ def run(args) -> dict:
                 peaks[name] = peak_mib_cuda(module, steps[name], z, g, device)
         except Exception as exc:  # noqa: BLE001 - a failing variant is reported, the rest still run
             steps.pop(name, None)
-            errors[name] = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
+            errors[name] = describe(exc)
             print(f"{name} FAILED: {errors[name]}", file=sys.stderr, flush=True)
             if name == ANCHOR:
                 raise SystemExit(f"bench_quantizers: error: the anchor failed: {errors[name]}")
@@ -245,21 +251,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="write the report here")
     p.add_argument("--_peak", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("bench_quantizers: error: --device cuda but no CUDA GPU is available", file=sys.stderr)
-        return 2
+    require_device("bench_quantizers", args.device)
     args.tokens = args.tokens or (65536 if args.device == "cuda" else 8192)
     args.iters = args.iters or (20 if args.device == "cuda" else 2)
     args.threads = args.threads or (torch.get_num_threads() if args.device == "cuda" else 1)
     torch.set_num_threads(args.threads)
-    if args._peak:
+    if args._peak:  # glibc's default mmap returns each freed temporary: the RSS peak is the live peak
         _peak_child(args._peak, args)
         return 0
-    report = run(args)
-    print_table(report)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    steady_allocator()  # for timing only
+    return finish(run(args), print_table, args.json)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ registry.yaml).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -46,6 +45,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import describe, fail, finish, require_device, steady_allocator  # noqa: E402
 from quantizers.base import Quantizer, QuantizerOutput  # noqa: E402
 from vqbench.config import resolve_config  # noqa: E402
 from vqbench.data import ImageData  # noqa: E402
@@ -78,7 +78,9 @@ class IdentityBottleneck(Quantizer):
 def load_shard(path: Path | None, limit: int) -> ImageData:
     path = path or next((p for p in SHARDS if p.exists()), None)
     if path is None:
-        raise SystemExit(f"bench_train: error: no CIFAR-10 shard at {' or '.join(map(str, SHARDS))}; pass --data")
+        fail("bench_train", f"no CIFAR-10 shard at {' or '.join(map(str, SHARDS))}; pass --data")
+    if not path.is_file():
+        fail("bench_train", f"--data {path} is not a file; pass a CIFAR-10 .npz shard")
     with np.load(path) as archive:
         x = torch.from_numpy(archive["x"][:limit]).permute(0, 3, 1, 2).contiguous()
     return ImageData(train=x, test=x[:256])
@@ -144,22 +146,13 @@ def warm_up(name: str, quantizer: str, overrides: list[str], args, data: ImageDa
     return trainer, time.perf_counter() - t0
 
 
-def describe(exc: Exception) -> str:
-    """The exception's first line and its last lines that name an error (a compile worker's
-    exception wraps the real one)."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    named = [line for line in lines[1:] if "Error" in line][-2:]
-    return " | ".join([f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300], *(x[:200] for x in named)])
-
-
 def run(args) -> dict:
     data = load_shard(args.data, args.images)
     table = variants(args.device, args.compile)
     names = args.only or list(table)
     unknown = sorted(set(names) - set(table))
     if unknown:
-        raise SystemExit(f"bench_train: error: no variant {', '.join(unknown)} on {args.device}; "
-                         f"choose from {', '.join(table)}")
+        fail("bench_train", f"no variant {', '.join(unknown)} on {args.device}; choose from {', '.join(table)}")
     trainers, compile_s, errors = {}, {}, {}
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0)).to(args.device)
     started = time.perf_counter()
@@ -229,19 +222,14 @@ def main(argv: list[str] | None = None) -> int:
                    "seconds (compiles are the slow part), so a time-limited run still prints its table")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("bench_train: error: --device cuda but no CUDA GPU is available", file=sys.stderr)
-        return 2
+    require_device("bench_train", args.device)
     cuda = args.device == "cuda"
     args.steps = args.steps or (50 if cuda else 3)
     args.warmup = args.warmup or (10 if cuda else 2)
     args.compile = args.compile or ("default" if cuda else "none")
     torch.set_num_threads(args.threads or (torch.get_num_threads() if cuda else 1))
-    report = run(args)
-    print_table(report)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    steady_allocator()
+    return finish(run(args), print_table, args.json)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,16 @@ Checks, at benchmark size (N = 65,536, C = 1024, L = 64 on CUDA): the fused GM-V
 against ``fused=False`` with the same seed, train and eval, every LatReg reading, fp32
 (relative error ≤ 1e-5, identical indices) and under bf16 autocast (≤ 1e-2); then the fused
 layer under ``torch.compile`` in eval mode (no noise, so the samples can be compared); on
-CUDA also the fused layer with TF32 matmuls against the fp32 plain path (reported, not gated).
+CUDA also the fused layer with TF32 matmuls against the fp32 plain path (reported, not gated),
+and GM-VQ's Triton kernels against the plain math given their noise (also on the CPU under
+``TRITON_INTERPRET=1``).
 Prints one line per check and exits 1 if any fails.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quantizers.gmvq import GMVQ  # noqa: E402
 from vqbench.training import inductor_workarounds  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import require_device  # noqa: E402
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -107,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--no-compile", action="store_true")
     args = p.parse_args(argv)
+    require_device("check_equivalence", args.device)
     device = torch.device(args.device)
     n = args.tokens or (65536 if device.type == "cuda" else 4096)
     gen = torch.Generator().manual_seed(0)
@@ -166,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"max rel err {err:.1e} (reduced-precision bar 1e-2), index mismatches {mism} of {n} "
                       f"(+{tied.numel()} ties; info)")
         fast.logit_matmul = "fp32"
-    if device.type == "cuda":
+    if device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":  # the kernels, or their interpreter
         failed += check_triton(fast, z, upstream)
     if not args.no_compile:
         inductor_workarounds()

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_train import load_shard  # noqa: E402
+from common import require_device  # noqa: E402
 from vqbench.config import resolve_config  # noqa: E402
 from vqbench.runner import Trainer  # noqa: E402
 
@@ -50,9 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tol", type=float, default=2e-2)
     p.add_argument("--data", type=Path)
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("check_graph_step: error: needs a CUDA GPU", file=sys.stderr)
-        return 2
+    require_device("check_graph_step", "cuda")
     data = load_shard(args.data, args.steps * args.batch_size)
     failed = 0
     with tempfile.TemporaryDirectory() as out:

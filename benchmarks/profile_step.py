@@ -22,8 +22,9 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import bench_train  # noqa: E402,F401  (registers the identity bottleneck)
-from bench_train import load_shard, make_trainer, run_steps  # noqa: E402
+from bench_train import load_shard, make_trainer, run_steps  # noqa: E402  (registers `identity`)
+from common import fail, require_device  # noqa: E402
+from vqbench.registry import list_quantizers  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,9 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("profile_step: error: needs a CUDA GPU", file=sys.stderr)
-        return 2
+    require_device("profile_step", "cuda")
+    known = set(list_quantizers())
+    for name in args.quantizers:
+        if name not in known:
+            fail("profile_step", f"unknown quantizer {name!r}; choose from {', '.join(sorted(known))}")
     args.device = "cuda"
     data = load_shard(args.data, 12500)
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0)).cuda()
