@@ -19,8 +19,8 @@ uint8 split on the device, forward, loss, backward, AdamW, scheduler, quantizer 
   graph, no inductor), ``gmvq-tf32`` / ``identity-tf32`` (the fast path with
   ``train.matmul_precision=high``), ``gmvq-3xtf32`` (the same with GM-VQ's logits and ∂a as
   three TF32-exact products, ``quantizer.logit_matmul=3xtf32``), ``gmvq-triton`` /
-  ``gmvq-triton-graph-eager`` (GM-VQ's Triton kernels, ``quantizer.kernel=triton``, with and
-  without inductor).
+  ``gmvq-triton-graph-eager`` (GM-VQ's Triton kernels, ``quantizer.kernel=triton``, with the
+  backward's GEMMs as in ``gmvq-3xtf32``, with and without inductor).
 
 A variant that fails to build, compile or capture is reported (table and JSON ``errors``)
 and the others still run.
@@ -94,14 +94,16 @@ def variants(device: str, compile_mode: str) -> dict[str, tuple[str, list[str]]]
         return {"eager": ("gmvq", ["quantizer.fused=false", "train.compile=none"]),
                 "gmvq": ("gmvq", fast), "vqvae": ("vqvae", fast), "identity": ("identity", fast)}
     fast = [f"train.compile={compile_mode}", "train.cuda_graph=true"]
+    split = ["train.matmul_precision=high", "quantizer.logit_matmul=3xtf32"]  # fp32-exact on tensor cores
     # Most telling first: --budget-s drops variants from the end.
     return {"eager": ("gmvq", ["quantizer.fused=false", "train.compile=none"]),
             "identity": ("identity", fast),
             "gmvq": ("gmvq", fast),
             "vqvae": ("vqvae", fast),
-            "gmvq-3xtf32": ("gmvq", [*fast, "train.matmul_precision=high", "quantizer.logit_matmul=3xtf32"]),
-            "gmvq-triton": ("gmvq", [*fast, "quantizer.kernel=triton"]),
-            "gmvq-triton-graph-eager": ("gmvq", ["train.compile=none", "train.cuda_graph=true", "quantizer.kernel=triton"]),
+            "gmvq-3xtf32": ("gmvq", [*fast, *split]),
+            "gmvq-triton": ("gmvq", [*fast, *split, "quantizer.kernel=triton"]),
+            "gmvq-triton-graph-eager": ("gmvq", ["train.compile=none", "train.cuda_graph=true", *split,
+                                                 "quantizer.kernel=triton"]),
             "gmvq-fp32grad": ("gmvq", [*fast, "quantizer.bf16_backward=false"]),
             "gmvq-tf32": ("gmvq", [*fast, "train.matmul_precision=high"]),
             "gmvq-graph-eager": ("gmvq", ["train.compile=none", "train.cuda_graph=true"]),  # no inductor

@@ -69,7 +69,8 @@ def ties(a, b) -> torch.Tensor:
 
 def check_triton(q: GMVQ, z: torch.Tensor, upstream: torch.Tensor) -> int:
     """GM-VQ's Triton kernels (``kernel="triton"``) against the plain math given the kernels'
-    own noise: π, indices, z_c and the gradients of z, ŵ and M, fp32. 1 if it fails."""
+    own noise: π, indices, z_c and the gradients of z, ŵ and M; fp32, and as the fast path
+    trains (TF32 matmuls with ∂a in 3xTF32, bf16 ∂b). The number of failed checks."""
     try:
         from quantizers.gmvq_triton import gumbel_noise, triton_posterior_sample
     except ImportError as exc:
@@ -81,28 +82,38 @@ def check_triton(q: GMVQ, z: torch.Tensor, upstream: torch.Tensor) -> int:
     noise = gumbel_noise(seed, len(z), q.num_codes, z.device)
     tau = q.tau.clone()
     up_probs = torch.randn(q.num_codes, device=z.device).expand(len(z), -1) / len(z)  # q^B-like
-    runs = []
-    for kind in ("triton", "plain"):
-        zz = z.clone().requires_grad_()
-        with torch.no_grad():
-            w = q.precision_weights(z)
-        ww, mm = w.clone().requires_grad_(), q.codebook.detach().clone().requires_grad_()
-        if kind == "triton":
-            probs, centre, idx, _ = triton_posterior_sample(zz, ww, mm, tau, True, seed=seed)
-        else:
-            log_pi = torch.log_softmax(-0.5 * Fq.weighted_squared_distances(zz, ww, mm), -1)
-            probs = log_pi.exp()
-            c_q, idx, _ = Fq.gumbel_softmax_st(log_pi, tau, noise=noise)
-            centre = c_q @ mm
-        ((centre * upstream).sum() + (probs * up_probs).sum()).backward()
-        runs.append((probs, centre, idx, zz.grad, ww.grad, mm.grad))
-    (p1, c1, i1, *g1), (p2, c2, i2, *g2) = runs
-    mism = int((i1 != i2).sum())
-    err = max([rel(p1, p2), rel(c1, c2)] + [rel(a, b) for a, b in zip(g1, g2)])
-    ok = err <= 1e-4 and mism <= 2  # different summation orders; near-ties of log π + g may flip
-    print(f"{'ok  ' if ok else 'FAIL'} triton kernels vs plain (same noise) train fp32: max rel err {err:.1e} "
-          f"(≤ 1e-4), index mismatches {mism}")
-    return int(not ok)
+    failed = 0
+    for label, grad_dtype, split, bar in (("fp32", None, False, 1e-4),
+                                          ("3xTF32 ∂a, bf16 ∂b", torch.bfloat16, True, 1e-2)):
+        runs = []
+        for kind in ("triton", "plain"):
+            zz = z.clone().requires_grad_()
+            with torch.no_grad():
+                w = q.precision_weights(z)
+            ww, mm = w.clone().requires_grad_(), q.codebook.detach().clone().requires_grad_()
+            if kind == "triton":
+                torch.set_float32_matmul_precision("high" if split else "highest")
+                try:
+                    probs, centre, idx, _ = triton_posterior_sample(zz, ww, mm, tau, True, seed=seed,
+                                                                    grad_dtype=grad_dtype, split_tf32=split)
+                    ((centre * upstream).sum() + (probs * up_probs).sum()).backward()
+                finally:
+                    torch.set_float32_matmul_precision("highest")
+            else:
+                log_pi = torch.log_softmax(-0.5 * Fq.weighted_squared_distances(zz, ww, mm), -1)
+                probs = log_pi.exp()
+                c_q, idx, _ = Fq.gumbel_softmax_st(log_pi, tau, noise=noise)
+                centre = c_q @ mm
+                ((centre * upstream).sum() + (probs * up_probs).sum()).backward()
+            runs.append((probs, centre, idx, zz.grad, ww.grad, mm.grad))
+        (p1, c1, i1, *g1), (p2, c2, i2, *g2) = runs
+        mism = int((i1 != i2).sum())
+        err = max([rel(p1, p2), rel(c1, c2)] + [rel(a, b) for a, b in zip(g1, g2)])
+        ok = err <= bar and mism <= 2  # different summation orders; near-ties of log π + g may flip
+        print(f"{'ok  ' if ok else 'FAIL'} triton kernels vs plain (same noise) train {label}: max rel err "
+              f"{err:.1e} (≤ {bar:g}), index mismatches {mism}")
+        failed += int(not ok)
+    return failed
 
 
 def main(argv: list[str] | None = None) -> int:

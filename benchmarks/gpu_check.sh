@@ -36,7 +36,8 @@ fi
 if on layer; then
 echo "== 3/5 layer: fwd+bwd tokens/s and peak MiB vs VectorQuantize, N=65536 C=1024 L=64 ($((SECONDS - t0)) s)"
 timeout 100 python3 benchmarks/bench_quantizers.py --device cuda --repeats 3 --json "$out/layer.json" --only \
-  ${LAYER_ONLY:-VectorQuantize-bf16 gmvq-compiled-bf16 gmvq-triton gmvq-compiled gmvq-compiled-3xtf32 VectorQuantize-tf32 \
+  ${LAYER_ONLY:-VectorQuantize-bf16 gmvq-compiled-bf16 gmvq-triton-3xtf32-bf16 gmvq-triton-3xtf32 gmvq-compiled \
+  gmvq-compiled-3xtf32 VectorQuantize-tf32 \
   gmvq gmvq-compiled-tf32 gmvq-plain vqvae vqvae-compiled \
   gmvq-entropy gmvq-bound sqvae gumbel-vqvae vqvae-l2 vqvae-replace vqvae-l2-replace vqvae-affine vqvae-opt \
   vqvae-affine-opt} > "$out/layer.txt" 2>&1 || echo "bench_quantizers failed (exit $?)" >> "$out/layer.txt"

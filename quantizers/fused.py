@@ -93,18 +93,33 @@ class GMVQPosteriorSample(torch.autograd.Function):
             if g is not None:
                 # Through log_softmax: ∂L/∂logits = g − π Σ_c g.
                 g.addcmul_(probs, g.sum(dim=-1, keepdim=True), value=-1.0)
-                # ∂a stays fp32: ∂ŵ sums g_c·(−½μ_c²) terms that cancel, and bf16 rounding
-                # of b does not average out (the head's bias gradient moved by 1e-2 in bf16).
-                if ctx.needs_input_grad[0]:
-                    g_a = (matmul_3xtf32(g, b.float()) if ctx.split else g @ b.float()).to(a.dtype)
-                if ctx.needs_input_grad[1]:
-                    g_b = (g.to(mm).t() @ a.to(mm)).to(b.dtype)
+                g_a, g_b = logit_input_grads(g, a, b, ctx.needs_input_grad[:2], ctx.split, ctx.grad_dtype)
             if ctx.needs_input_grad[2] and g_centre is not None:
-                # The forward value of c_q is one-hot: ∂L/∂M = onehotᵀ ∂L/∂z_c.
-                g_book = torch.zeros(codebook.shape, dtype=torch.float32, device=codebook.device)
-                g_book.index_add_(0, indices, g_centre)
-                g_book = g_book.to(codebook.dtype)
+                g_book = codebook_grad(indices, g_centre, codebook)
         return g_a, g_b, g_book, None, None, None, None
+
+
+def logit_input_grads(g: Tensor, a: Tensor, b: Tensor, needs: tuple[bool, bool], split: bool,
+                      grad_dtype: torch.dtype | None) -> tuple[Tensor | None, Tensor | None]:
+    """(∂a, ∂b) of the logits a·bᵀ given g = ∂L/∂logits (N, C), for both fused paths.
+
+    ∂a stays fp32 (or 3xTF32 with ``split``): ∂ŵ sums g_c·(−½μ_c²) terms that cancel, and
+    bf16 rounding of b does not average out (the head's bias gradient moved by 1e-2 in
+    bf16). ∂b takes ``grad_dtype`` operands (None: fp32), accumulated in fp32."""
+    g_a = g_b = None
+    if needs[0]:
+        g_a = (matmul_3xtf32(g, b.float()) if split else g @ b.float()).to(a.dtype)
+    if needs[1]:
+        mm = grad_dtype or torch.float32
+        g_b = (g.to(mm).t() @ a.to(mm)).to(b.dtype)
+    return g_a, g_b
+
+
+def codebook_grad(indices: Tensor, g_centre: Tensor, codebook: Tensor) -> Tensor:
+    """∂L/∂M of z_c = μ_j: the forward value of c_q is one-hot, so ∂L/∂M = onehotᵀ ∂L/∂z_c."""
+    g_book = torch.zeros(codebook.shape, dtype=torch.float32, device=codebook.device)
+    g_book.index_add_(0, indices, g_centre.float())
+    return g_book.to(codebook.dtype)
 
 
 def gmvq_posterior_sample(

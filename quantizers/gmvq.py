@@ -76,6 +76,7 @@ from .base import AnnealedQuantizer, QuantizerOutput, check_positive
 LATREG_READINGS = ("sampled", "aggregated", "posterior")
 OBJECTIVES = ("albo", "bound")
 LOW_PRECISION = (torch.float16, torch.bfloat16)
+TRITON_DIMS = (8, 16, 32, 64)
 
 
 class GMVQ(AnnealedQuantizer):
@@ -127,6 +128,10 @@ class GMVQ(AnnealedQuantizer):
         self.logit_matmul = logit_matmul
         if kernel not in ("torch", "triton"):
             raise ValueError(f"kernel must be torch or triton, got {kernel!r}")
+        if kernel == "triton" and (dim not in TRITON_DIMS):
+            # tl.arange needs powers of two; the tiles fit an SM up to L = 64 (benchmarks/triton_fit.py).
+            raise ValueError(f"kernel='triton' needs dim in {', '.join(map(str, TRITON_DIMS))}, got {dim}; "
+                             "use kernel='torch'")
         self.kernel = kernel
         check_positive("head_lr_scale", head_lr_scale)
         self.head_lr_scale = float(head_lr_scale)
@@ -297,15 +302,12 @@ class GMVQ(AnnealedQuantizer):
             # One pass for π, q^B's input and the Gumbel sample (quantizers/fused.py); same
             # function and the same noise draws as the plain path below.
             zw = self._calibrated(z.float())
+            path = gmvq_posterior_sample
             if self.kernel == "triton" and (zw.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
-                from .gmvq_triton import triton_posterior_sample  # Triton only when asked for
-
-                probs, centre, indices, post_entropy = triton_posterior_sample(
-                    zw, self.precision_weights(zw), self.codebook.float(), self.tau, sample=self.training)
-            else:
-                probs, centre, indices, post_entropy = gmvq_posterior_sample(
-                    zw, self.precision_weights(zw), self.codebook.float(), self.tau, sample=self.training,
-                    grad_dtype=self._backward_dtype(z.device.type), split_tf32=self.logit_matmul == "3xtf32")
+                from .gmvq_triton import triton_posterior_sample as path  # Triton only when asked for
+            probs, centre, indices, post_entropy = path(
+                zw, self.precision_weights(zw), self.codebook.float(), self.tau, sample=self.training,
+                grad_dtype=self._backward_dtype(z.device.type), split_tf32=self.logit_matmul == "3xtf32")
             q_batch = self._batch_posterior(probs)
             if self.training:
                 z_s, sampled_sq = self._add_noise(zw, centre, indices)

@@ -199,3 +199,14 @@ def test_3xtf32_logits_path_matches_plain(training):
     gen = torch.Generator().manual_seed(6)
     z, upstream = torch.randn(512, 16, generator=gen) * 0.5, torch.randn(512, 16, generator=gen)
     assert_same(run_layer(fast, z, upstream), run_layer(plain, z, upstream), 1e-5)
+
+
+@pytest.mark.parametrize("dim", [12, 48, 128])
+def test_the_triton_kernel_takes_only_the_dims_it_was_fitted_for(dim):
+    """Powers of two (tl.arange) up to 64, the largest whose tiles fit an SM's registers and
+    shared memory (benchmarks/triton_fit.py: L = 128 spills)."""
+    from quantizers.gmvq import GMVQ
+
+    with pytest.raises(ValueError, match=r"kernel='triton' needs dim in 8, 16, 32, 64, got"):
+        GMVQ(16, dim, kernel="triton")
+    GMVQ(16, dim)  # the PyTorch path takes any dim

@@ -11,7 +11,7 @@ from quantizers import Quantizer, QuantizerOutput
 from vqbench import UserError, build_quantizer, fit, list_quantizers, register_quantizer, resolve_config
 from vqbench.data import load_dataset
 from vqbench.registry import get_quantizer_entry
-from vqbench.runner import lr_factor
+from vqbench.runner import lr_factor, steady_throughput
 
 from conftest import fast_overrides, run_cli, shared_data_or_skip
 
@@ -123,6 +123,14 @@ def test_lr_schedule_warms_up_from_a_fifth_then_decays_to_zero():
     assert lr_factor(100, 100, 0.1, 0.2) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_steady_throughput_leaves_out_the_first_epoch():
+    # Epoch 1 (compile, capture) at 100 img/s; epochs 2–3: 10 steps of 32 images at 400 and 200 img/s.
+    history = [{"step": 10, "images_per_s": 100.0}, {"step": 20, "images_per_s": 400.0},
+               {"step": 30, "images_per_s": 200.0}]
+    assert steady_throughput(history, 32) == pytest.approx(640 / (320 / 400 + 320 / 200))
+    assert steady_throughput(history[:1], 32) is None
+
+
 # --- data -----------------------------------------------------------------------------
 
 def test_tiny_cifar10_is_real_balanced_uint8():
@@ -168,6 +176,7 @@ def test_fit_end_to_end_on_tiny_cifar10(tmp_path, name):
     assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "metrics.jsonl", "summary.json", "checkpoint.pt"}
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 4
     assert json.loads((run_dir / "summary.json").read_text())["mse"] == s["mse"]
+    assert s["steady_images_per_s"] > 0
 
 
 def test_same_seed_same_metrics_on_cpu(tmp_path):

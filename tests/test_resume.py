@@ -24,7 +24,7 @@ TINY = ["-q", "gmvq", "-d", "cifar10-tiny", "--device", "cpu", "train.epochs=3",
         "train.batch_size=16", "model.channels=16", "model.latent_dim=16", "quantizer.num_codes=32",
         "train.kmeans_samples=256", "data.test_limit=32", "train.checkpoint_every=1"]
 TOTAL_STEPS = 9
-TIMING = {"images_per_s", "train_seconds", "wall_s", "run_dir", "resumed_from"}
+TIMING = {"images_per_s", "steady_images_per_s", "train_seconds", "wall_s", "run_dir", "resumed_from"}
 
 
 def _popen(out: Path, *extra: str) -> subprocess.Popen:

@@ -333,6 +333,7 @@ class Trainer:
             "num_codes": self.model.quantizer.num_codes,
             "mean_image_mse": mean_image_mse(self.data.train, self.data.test),
             "images_per_s": self.images_seen * self.dist.world_size / max(self.train_seconds, 1e-9),
+            "steady_images_per_s": steady_throughput(self.history, self.batch_size * self.dist.world_size),
             "train_seconds": self.train_seconds,
             "train_images": len(self.train_images), "test_images": len(self.test_images),
             "wall_s": time.perf_counter() - self.started, "device": self.device.type,
@@ -419,6 +420,16 @@ class Trainer:
             self.dist.call_on_main(append_row, self.cfg.results, self.cfg, summary)
         self.dist.call_on_main(write_json_atomic, self.run_dir / SUMMARY, summary)
         return RunResult(run_dir=self.run_dir, summary=summary, history=self.history)
+
+
+def steady_throughput(history: list[dict[str, Any]], images_per_step: int) -> float | None:
+    """Images/s over the epochs after the first, which alone pays for compiling and CUDA-graph
+    capture (``images_per_s`` counts it); None for a one-epoch run."""
+    images = seconds = 0.0
+    for before, record in zip(history, history[1:]):
+        epoch_images = (record["step"] - before["step"]) * images_per_step
+        images, seconds = images + epoch_images, seconds + epoch_images / max(record["images_per_s"], 1e-9)
+    return images / seconds if seconds > 0 else None
 
 
 def fit(config: DictConfig | dict | None = None, *, data: ImageData | None = None,
