@@ -156,8 +156,9 @@ def _logit_grad(probs_ptr, lse_ptr, lse_y_ptr, book_ptr, tau_ptr, seed_ptr, gp_p
                 else:
                     grad += probs * (gp - s2[:, None])
             if SAMPLE:
-                # ℓ = log π + lse: where π underflows to 0, y ≤ e^(−87/τ) is 0 in fp32 as well.
-                perturbed = tl.log(probs) + lse[:, None] + _gumbel(seed, rows, c0, C, BC, WIDE)
+                # ℓ = log π + lse; where π underflows, log of the smallest normal float instead:
+                # y there is below e^(−35) either way (τ ≤ 2, g < 16.2).
+                perturbed = tl.log(tl.maximum(probs, TINY)) + lse[:, None] + _gumbel(seed, rows, c0, C, BC, WIDE)
                 y = tl.where(both, tl.exp(perturbed / tau - lse_y[:, None]), 0.0)
                 book = tl.load(book_ptr + cols[:, None] * L + ls[None, :], mask=cmask[:, None], other=0.0)
                 dy = tl.dot(gc, tl.trans(book), input_precision=DOT)  # ∂L/∂y = (∂L/∂z_c) Mᵀ / τ
@@ -192,16 +193,18 @@ WIDE_FROM = 2**31  # N·C from which noise offsets need int64 (64-bit Philox, sl
 
 
 class TritonPosteriorSample(torch.autograd.Function):
-    """(a, b, codebook, tau, seed, sample, grad_dtype, split) → (π, z_c, j, mean posterior
-    entropy); ``grad_dtype`` and ``split`` as in :class:`quantizers.fused.GMVQPosteriorSample`."""
+    """(a, b, codebook, tau, seed, sample, grad_dtype, split, configs) → (π, z_c, j, mean
+    posterior entropy); ``grad_dtype`` and ``split`` as in
+    :class:`quantizers.fused.GMVQPosteriorSample`; ``configs``: the forward's and the ∂ℓ
+    kernel's :func:`launch_config`."""
 
     @staticmethod
     def forward(ctx, a: Tensor, b: Tensor, codebook: Tensor, tau: Tensor, seed: Tensor, sample: bool,
-                grad_dtype: torch.dtype | None = None, split: bool = False):
+                grad_dtype: torch.dtype | None, split: bool, configs: tuple):
         a, b = a.float().contiguous(), b.float().contiguous()
         n, k = a.shape
         c = b.shape[0]
-        ((bn, bc), warps), wide = launch_config(FORWARD, a.device), n * c >= WIDE_FROM
+        ((bn, bc), warps), wide = configs[0], n * c >= WIDE_FROM
         probs = torch.empty(n, c, device=a.device, dtype=torch.float32)
         lse = torch.empty(n, device=a.device, dtype=torch.float32)
         lse_y = torch.empty_like(lse)
@@ -211,7 +214,7 @@ class TritonPosteriorSample(torch.autograd.Function):
                                         K=k, BN=bn, BC=bc, SAMPLE=sample, DOT=DOT_PRECISION, WIDE=wide,
                                         num_warps=warps, num_stages=STAGES)
         centre = codebook.float().index_select(0, indices)
-        ctx.sample, ctx.grad_dtype, ctx.split = sample, grad_dtype, split
+        ctx.sample, ctx.grad_dtype, ctx.split, ctx.grad_config = sample, grad_dtype, split, configs[1]
         ctx.mark_non_differentiable(indices, entropy)
         ctx.save_for_backward(a, b, codebook, tau, seed, indices, probs, lse, lse_y)
         return probs, centre, indices, entropy / n
@@ -224,7 +227,7 @@ class TritonPosteriorSample(torch.autograd.Function):
         sample = ctx.sample and g_centre is not None
         g_a = g_b = g_book = None
         if sample or g_probs is not None:
-            ((bn, bc), warps), wide = launch_config(LOGIT_GRAD, a.device), n * c >= WIDE_FROM
+            ((bn, bc), warps), wide = ctx.grad_config, n * c >= WIDE_FROM
             book = codebook.float().contiguous()
             g_centre32 = (g_centre.float().contiguous() if g_centre is not None
                           else torch.zeros(n, dim, device=a.device, dtype=torch.float32))
@@ -237,7 +240,7 @@ class TritonPosteriorSample(torch.autograd.Function):
             g_a, g_b = logit_input_grads(grad, a, b, ctx.needs_input_grad[:2], ctx.split, ctx.grad_dtype)
         if ctx.needs_input_grad[2] and g_centre is not None:
             g_book = codebook_grad(indices, g_centre, codebook)
-        return g_a, g_b, g_book, None, None, None, None, None
+        return g_a, g_b, g_book, None, None, None, None, None, None
 
 
 def gumbel_noise(seed: Tensor, n: int, c: int, device: torch.device) -> Tensor:
@@ -268,4 +271,6 @@ def triton_posterior_sample(z: Tensor, weights: Tensor, codebook: Tensor, tau: T
     if seed is None:
         seed = torch.randint(0, 2**31 - 1, (), device=z.device, dtype=torch.int64)
     tau = torch.as_tensor(tau, dtype=torch.float32, device=z.device).clone()
-    return TritonPosteriorSample.apply(a, b, codebook, tau, seed, sample, grad_dtype, split_tf32)
+    # Resolved here, outside the autograd.Function, so a compiled model asks the device once.
+    configs = (launch_config(FORWARD, z.device), launch_config(LOGIT_GRAD, z.device))
+    return TritonPosteriorSample.apply(a, b, codebook, tau, seed, sample, grad_dtype, split_tf32, configs)
