@@ -40,20 +40,23 @@ def _ptxas(arch: int) -> str:
         return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas")
 
 
+INT64_POINTERS = ("seed_ptr", "idx_ptr")  # the Philox seed and the code indices; other pointers fp32
+
+
+def signature(kernel) -> dict[str, str]:
+    """Triton's compile signature of a GM-VQ kernel, from its parameter names: ``*_ptr``
+    pointers, constexpr parameters, and int32 sizes and strides otherwise."""
+    return {p.name: "constexpr" if p.is_constexpr else
+            ("*i64" if p.name in INT64_POINTERS else "*fp32") if p.name.endswith("_ptr") else "i32"
+            for p in kernel.params}
+
+
 def kernels(dim: int, arch: int) -> list[tuple[str, object, dict, dict, dict]]:
     """(name, kernel, signature, constexprs, launch options) for every variant GM-VQ launches
     on a GPU of compute capability ``arch`` (80, 90)."""
     import quantizers.gmvq_triton as G
 
-    fwd_sig = {"a_ptr": "*fp32", "b_ptr": "*fp32", "tau_ptr": "*fp32", "seed_ptr": "*i64", "probs_ptr": "*fp32",
-               "lse_ptr": "*fp32", "lse_y_ptr": "*fp32", "idx_ptr": "*i64", "ent_ptr": "*fp32", "N": "i32",
-               "C": "i32", "K": "constexpr", "BN": "constexpr", "BC": "constexpr", "SAMPLE": "constexpr",
-               "DOT": "constexpr", "WIDE": "constexpr"}
-    grad_sig = {"probs_ptr": "*fp32", "lse_ptr": "*fp32", "lse_y_ptr": "*fp32", "book_ptr": "*fp32",
-                "tau_ptr": "*fp32", "seed_ptr": "*i64", "gp_ptr": "*fp32", "gp_sn": "i32", "gp_sc": "i32",
-                "gc_ptr": "*fp32", "grad_ptr": "*fp32", "N": "i32", "C": "i32", "L": "constexpr",
-                "BN": "constexpr", "BC": "constexpr", "SAMPLE": "constexpr", "HAS_GP": "constexpr",
-                "DOT": "constexpr", "WIDE": "constexpr"}
+    fwd_sig, grad_sig = signature(G._forward), signature(G._logit_grad)
     out = []
     for wide in (False, True):
         for sample in (True, False):

@@ -61,8 +61,8 @@ def straight_through(z: Tensor, z_q: Tensor) -> Tensor:
 def gumbel_noise(like: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """i.i.d. Gumbel(0, 1) noise shaped like ``like`` (−log(−log U), U kept off 0 and 1)."""
     u = torch.rand(like.shape, dtype=like.dtype, device=like.device, generator=generator)
-    tiny = torch.finfo(like.dtype).tiny
-    return -torch.log(-torch.log(u.clamp(tiny, 1.0 - 1e-7)))
+    # In place: the fused path's N×C noise needs no second buffer.
+    return u.clamp_(torch.finfo(like.dtype).tiny, 1.0 - 1e-7).log_().neg_().log_().neg_()
 
 
 def gumbel_softmax_st(

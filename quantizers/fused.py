@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .functional import matmul_3xtf32
+from .functional import gumbel_noise, matmul_3xtf32
 
 
 class GMVQPosteriorSample(torch.autograd.Function):
@@ -52,10 +52,7 @@ class GMVQPosteriorSample(torch.autograd.Function):
             # −Σ π log π averaged over vectors (detached, for logging only).
             entropy = -torch.dot(probs.view(-1), log_pi.view(-1)) / probs.shape[0]  # no N×C temporary
             if sample:
-                # −log(−log U), U kept off 0 and 1: functional.gumbel_noise, in place.
-                y = torch.rand(log_pi.shape, dtype=log_pi.dtype, device=log_pi.device)
-                y.clamp_(torch.finfo(y.dtype).tiny, 1.0 - 1e-7).log_().neg_().log_().neg_()
-                y.add_(log_pi)
+                y = gumbel_noise(log_pi).add_(log_pi)
                 del log_pi
                 indices = y.argmax(dim=-1)  # τ never changes the argmax
                 y.div_(tau)
@@ -135,8 +132,15 @@ def gmvq_posterior_sample(
     ``split_tf32=True``: the logits and ∂a as three TF32-exact products
     (:func:`functional.matmul_3xtf32`), fp32-accurate on TF32 tensor cores.
     """
+    a, b, codebook, tau = logit_operands(z, weights, codebook, tau)
+    return GMVQPosteriorSample.apply(a, b, codebook, tau, sample, grad_dtype, split_tf32)
+
+
+def logit_operands(z: Tensor, weights: Tensor, codebook: Tensor, tau: Tensor | float
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(a, b, M, τ) in fp32 with a = [ŵ⊙ẑ, ŵ], b = [μ, −½μ²] (logits a·bᵀ) and τ a copy
+    (``set_progress`` writes the buffer in place); shared with :mod:`quantizers.gmvq_triton`."""
     z, weights, codebook = z.float(), weights.float(), codebook.float()
     a = torch.cat([weights * z, weights], dim=-1)
     b = torch.cat([codebook, -0.5 * codebook.pow(2)], dim=-1)
-    tau = torch.as_tensor(tau, dtype=torch.float32, device=z.device).clone()  # set_progress writes in place
-    return GMVQPosteriorSample.apply(a, b, codebook, tau, sample, grad_dtype, split_tf32)
+    return a, b, codebook, torch.as_tensor(tau, dtype=torch.float32, device=z.device).clone()

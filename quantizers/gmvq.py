@@ -68,6 +68,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import bounds as Bd
 from . import distributed as Fd
 from . import functional as Fq
 from .fused import gmvq_posterior_sample
@@ -204,11 +205,6 @@ class GMVQ(AnnealedQuantizer):
         """σ_c = √(σ_c²) (eq. 18); the eps floor keeps ∂σ/∂ẑ finite at ẑ = μ_c."""
         return torch.sqrt(self.component_variance(sq_dist))
 
-    def component_entropy_bound(self, probs: Tensor, variances: Tensor) -> Tensor:
-        """Σ_k π_k h_k, h_k = (L/2) log(2πe σ_k²): a lower bound of h(q(z|x)), per vector."""
-        h = 0.5 * self.dim * torch.log(2.0 * math.pi * math.e * variances)
-        return (probs * h).sum(-1)
-
     def sample(
         self, z: Tensor, log_pi: Tensor, gumbel: Tensor | None = None, normal: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
@@ -256,8 +252,8 @@ class GMVQ(AnnealedQuantizer):
         if self.latreg == "sampled":
             return spread.mean()
         codebook = self.codebook.to(probs.dtype)
-        weights = q_batch[None, :].expand_as(probs) if self.latreg == "aggregated" else probs
-        between = (weights[:, :, None] * probs[:, None, :] * Fq.squared_distances(codebook, codebook)).sum((1, 2))
+        weights = q_batch[None, :] if self.latreg == "aggregated" else probs
+        between = (weights * (probs @ Fq.squared_distances(codebook, codebook))).sum(-1)  # Σ_c w_c Σ_k π_k d_kc
         return (between + spread).mean()
 
     def _working(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -284,17 +280,21 @@ class GMVQ(AnnealedQuantizer):
         """q^B (eq. 12): over every rank's batch in training with ``aggregate="global"``."""
         return Fq.aggregated_posterior(probs, global_batch=self.training and self.aggregate == "global")
 
-    def _entropy_term(self, zw: Tensor, probs: Tensor) -> Tensor:
-        variances = self.component_variance(Fq.squared_distances(zw, self.codebook.to(zw.dtype)))
-        return self.component_entropy_bound(probs, variances).mean()
+    def _variances(self, zw: Tensor) -> Tensor:
+        """σ_c² (eq. 18) of every vector and code, (N, C)."""
+        return self.component_variance(Fq.squared_distances(zw, self.codebook.to(zw.dtype)))
+
+    def _entropy_term(self, probs: Tensor, variances: Tensor) -> Tensor:
+        """mean_n Σ_k π_k h_k, h_k = (L/2) log(2πe σ_k²): a lower bound of h(q(z|x)) (bounds.py)."""
+        return Bd.mixture_entropy_lower_bound(probs, variances, self.dim).mean()
 
     def expected_loss(self, z: Tensor) -> Tensor:
         """E_{q(z|x)} of the training loss of :meth:`quantize` (no reconstruction), closed form."""
         zw, _, probs, q_batch = self._working(z)
-        variances = self.component_variance(Fq.squared_distances(zw, self.codebook.to(zw.dtype)))
+        variances = self._variances(zw)
         penalty = self.beta * Fq.kl_to_uniform(q_batch)
         if self.objective == "bound":
-            penalty = penalty - self.beta * self.component_entropy_bound(probs, variances).mean()
+            penalty = penalty - self.beta * self._entropy_term(probs, variances)
         return self.gamma * (self.expected_latent_regularizer(probs, q_batch, variances) + penalty)
 
     def quantize(self, z: Tensor) -> QuantizerOutput:
@@ -327,7 +327,7 @@ class GMVQ(AnnealedQuantizer):
         penalty = self.beta * kl
         terms = {"latreg": latreg.detach(), "kl": kl.detach()}
         if self.objective == "bound":
-            entropy = self._entropy_term(zw, probs)
+            entropy = self._entropy_term(probs, self._variances(zw))
             penalty = penalty - self.beta * entropy
             terms["z_entropy_bound"] = entropy.detach()
         loss = self.gamma * (latreg + penalty)

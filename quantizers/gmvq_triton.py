@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .fused import codebook_grad, logit_input_grads
+from .fused import codebook_grad, logit_input_grads, logit_operands
 
 # torch.finfo(float32).tiny, the clamp functional.gumbel_noise uses; a constexpr, since compiled
 # kernels (unlike the interpreter) may read no other globals.
@@ -67,7 +67,7 @@ def _offsets(rows, cols, C, WIDE: tl.constexpr):
 @triton.jit
 def _logits(a, b_ptr, cols, cmask, ks, K: tl.constexpr, DOT: tl.constexpr):
     b = tl.load(b_ptr + cols[:, None] * K + ks[None, :], mask=cmask[:, None], other=0.0)
-    return tl.dot(a, tl.trans(b), input_precision=DOT), b
+    return tl.dot(a, tl.trans(b), input_precision=DOT)
 
 
 @triton.jit
@@ -89,7 +89,7 @@ def _forward(a_ptr, b_ptr, tau_ptr, seed_ptr, probs_ptr, lse_ptr, lse_y_ptr, idx
     for c0 in range(0, C, BC):
         cols = c0 + tl.arange(0, BC)
         cmask = cols < C
-        logits, _ = _logits(a, b_ptr, cols, cmask, ks, K, DOT)
+        logits = _logits(a, b_ptr, cols, cmask, ks, K, DOT)
         logits = tl.where(cmask[None, :], logits, float("-inf"))
         m_new = tl.maximum(m, tl.max(logits, 1))
         s = s * tl.exp(m - m_new) + tl.sum(tl.exp(logits - m_new[:, None]), 1)
@@ -113,7 +113,7 @@ def _forward(a_ptr, b_ptr, tau_ptr, seed_ptr, probs_ptr, lse_ptr, lse_y_ptr, idx
     for c0 in range(0, C, BC):
         cols = c0 + tl.arange(0, BC)
         cmask = cols < C
-        logits, _ = _logits(a, b_ptr, cols, cmask, ks, K, DOT)
+        logits = _logits(a, b_ptr, cols, cmask, ks, K, DOT)
         log_pi = logits - lse[:, None]
         probs = tl.exp(log_pi)
         entropy -= tl.sum(tl.where(cmask[None, :], probs * log_pi, 0.0), 1)
@@ -265,12 +265,9 @@ def triton_posterior_sample(z: Tensor, weights: Tensor, codebook: Tensor, tau: T
                             split_tf32: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """As :func:`quantizers.fused.gmvq_posterior_sample`, by the Triton kernels; ``seed``
     (an int64 device scalar) is drawn from torch's generator when None."""
-    z, weights, codebook = z.float(), weights.float(), codebook.float()
-    a = torch.cat([weights * z, weights], dim=-1)
-    b = torch.cat([codebook, -0.5 * codebook.pow(2)], dim=-1)
+    a, b, codebook, tau = logit_operands(z, weights, codebook, tau)
     if seed is None:
         seed = torch.randint(0, 2**31 - 1, (), device=z.device, dtype=torch.int64)
-    tau = torch.as_tensor(tau, dtype=torch.float32, device=z.device).clone()
     # Resolved here, outside the autograd.Function, so a compiled model asks the device once.
     configs = (launch_config(FORWARD, z.device), launch_config(LOGIT_GRAD, z.device))
     return TritonPosteriorSample.apply(a, b, codebook, tau, seed, sample, grad_dtype, split_tf32, configs)

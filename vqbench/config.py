@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .errors import UserError, suggest
+from .errors import UserError, first_line, suggest
 from .registry import registry_document, resolve_quantizer_kwargs
 
 
@@ -89,11 +89,6 @@ MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_pr
 _NOT_HASHED_TRAIN = ("checkpoint_every", "cuda_graph")  # cuda_graph: the same step, replayed
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def parse_overrides(overrides: list[str]) -> DictConfig:
     """``key=value`` strings to a DictConfig; values are parsed as YAML (1e-3, true, null)."""
     for item in overrides:
@@ -102,7 +97,7 @@ def parse_overrides(overrides: list[str]) -> DictConfig:
     try:
         return OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as exc:
-        raise UserError(f"cannot parse overrides: {_first_line(exc)}") from exc
+        raise UserError(f"cannot parse overrides: {first_line(exc)}") from exc
 
 
 def _merge(base: DictConfig, update: Any, where: str) -> DictConfig:
@@ -118,7 +113,7 @@ def _merge(base: DictConfig, update: Any, where: str) -> DictConfig:
         if exc.__class__.__name__ == "ValidationError" and key:
             expected = _EXPECTED.get(_node_kind(base, str(key)), "another type")
             raise UserError(f"{key} must be {expected}, got {getattr(exc, 'value', None)!r} (in {where})") from exc
-        raise UserError(f"bad value in {where}: {_first_line(exc)}") from exc
+        raise UserError(f"bad value in {where}: {first_line(exc)}") from exc
 
 
 _EXPECTED = {"IntegerNode": "a whole number", "FloatNode": "a number", "BooleanNode": "true or false",
@@ -223,7 +218,7 @@ def load_config_file(path: str | Path) -> DictConfig:
     except FileNotFoundError as exc:
         raise UserError(f"config file {path} does not exist") from exc
     except Exception as exc:
-        raise UserError(f"config file {path} cannot be read: {_first_line(exc)}") from exc
+        raise UserError(f"config file {path} cannot be read: {first_line(exc)}") from exc
 
 
 def config_hash(cfg: DictConfig) -> str:

@@ -136,10 +136,6 @@ class DistContext:
         return gathered
 
     # --- lockstep -------------------------------------------------------------------
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
     def call_on_main(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``fn(*args)`` on rank 0; every rank returns its result or raises its exception."""
         if not self.enabled:
@@ -179,8 +175,7 @@ class DistContext:
         """One epoch record for every rank: train losses averaged, throughput summed."""
         if not self.enabled:
             return record
-        records: list[Any] = [None] * self.world_size
-        dist.all_gather_object(records, record)
+        records = self.gather_objects(record)
         merged = dict(records[0])
         for key, value in merged.items():
             if not isinstance(value, (int, float)) or isinstance(value, bool):

@@ -11,6 +11,18 @@ class UserError(Exception):
     exit_code = 2
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's first non-blank message line, or its type's name when it has none."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def exception_line(exc: BaseException) -> str:
+    """'Type: first line' (just the type when there is no message), for reports that keep going."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
 def suggest(name: str, choices: Iterable[str]) -> str:
     """' (did you mean X?)' for close matches, else the list of valid choices."""
     choices = sorted(choices)

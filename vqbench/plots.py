@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from .errors import UserError  # noqa: E402
+from .runio import CONFIG, SUMMARY, read_metrics, read_summary  # noqa: E402
 
 
 @dataclass
@@ -45,22 +46,19 @@ def find_runs(root: str | Path) -> list[RunRecord]:
     root = Path(root).expanduser()
     if not root.exists():
         raise UserError(f"{root} does not exist; pass a folder of run folders (default: runs)")
-    summaries = sorted(root.rglob("summary.json"))
-    if not summaries and (root / "rows").is_dir():
-        from .results import load_results
+    folders = [path.parent for path in sorted(root.rglob(SUMMARY))]
+    if not folders and (root / "rows").is_dir():
+        from .results import load_results  # pandas only for a results folder
 
         rows = load_results(root, finished_only=True)
-        summaries = [Path(d) / "summary.json" for d in rows.get("run_dir", []) if d]
+        folders = [Path(d) for d in rows.get("run_dir", []) if d]
     runs = []
-    for path in summaries:
-        if not path.exists():
+    for folder in folders:
+        summary = read_summary(folder)
+        if summary is None:
             continue
-        folder = path.parent
-        config = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").exists() else {}
-        metrics = folder / "metrics.jsonl"
-        history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] \
-            if metrics.exists() else []
-        runs.append(RunRecord(folder, config or {}, json.loads(path.read_text()), history))
+        config = yaml.safe_load((folder / CONFIG).read_text()) if (folder / CONFIG).exists() else {}
+        runs.append(RunRecord(folder, config or {}, summary, read_metrics(folder)))
     return runs
 
 

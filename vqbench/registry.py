@@ -21,7 +21,7 @@ import yaml
 
 from quantizers.base import Quantizer
 
-from .errors import UserError, suggest
+from .errors import UserError, exception_line, first_line, suggest
 
 REGISTRY_YAML = Path(__file__).resolve().parent / "registry.yaml"
 ENTRY_POINT_GROUP = "vqbench.quantizers"
@@ -134,7 +134,7 @@ def add_registry_file(path: str | os.PathLike) -> None:
     except OSError as exc:
         raise UserError(f"cannot read registry file {path}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
-        raise UserError(f"registry file {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        raise UserError(f"registry file {path} is not valid YAML: {first_line(exc)}") from exc
     if not isinstance(doc, dict):
         raise UserError(f"registry file {path} must be a mapping with a 'quantizers:' key")
     if not isinstance(doc.get("quantizers") or {}, dict):
@@ -174,8 +174,7 @@ def _load_entry_points() -> None:
             _UNAVAILABLE[ep.name] = str(exc)
             continue
         except Exception as exc:  # a broken plugin must not break vqbench
-            message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            broken.setdefault(source, []).append(f"{ep.name} ({message})")
+            broken.setdefault(source, []).append(f"{ep.name} ({exception_line(exc)})")
             continue
         if not (isinstance(target, type) and issubclass(target, Quantizer)):
             broken.setdefault(source, []).append(f"{ep.name} ({ep.value} is not a Quantizer subclass)")

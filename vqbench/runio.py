@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .config import config_hash
-from .errors import UserError
+from .errors import UserError, first_line
 
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
@@ -80,8 +80,7 @@ def load_checkpoint_file(path: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, ValueError, KeyError, zipfile.BadZipFile,
             pickle.UnpicklingError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"checkpoint {path} cannot be read ({reason[:160]}); it is damaged or not "
+        raise UserError(f"checkpoint {path} cannot be read ({first_line(exc)[:160]}); it is damaged or not "
                         "a vqbench checkpoint: delete it to start the run over") from exc
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise UserError(f"checkpoint {path} is not a vqbench checkpoint (no model/step); "

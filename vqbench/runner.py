@@ -23,7 +23,7 @@ from . import __version__
 from . import distributed
 from .config import config_hash, resolve_config
 from .data import ImageData, load_dataset
-from .errors import UserError
+from .errors import UserError, first_line
 from .stepgraph import GraphedStep, check_cuda_graph
 from .training import (_check_shapes, _progress, build_model, collect_latents, compile_model,  # noqa: F401
                        evaluate, kmeans_image_count, lr_factor, lrs_as_tensors, make_optimizer, mean_image_mse,
@@ -141,10 +141,6 @@ class Trainer:
         cfg, quantizer = self.cfg, self.model.quantizer
         samples = collect_latents(self.model, self.train_images, cfg.train.kmeans_samples, self.generator,
                                   cfg.train.eval_batch_size, self.channels_last)
-        if len(samples) < quantizer.num_codes:
-            raise UserError(f"k-means needs at least {quantizer.num_codes} encoder outputs (one per code) "
-                            f"but the training set gives {len(samples)}; lower quantizer.num_codes, "
-                            "use more images, or set train.kmeans_init=false")
         quantizer.init_codebook(samples, generator=self.generator)
 
     def setup_optimization(self) -> None:
@@ -280,14 +276,12 @@ class Trainer:
         position, counters and history. Tensors and plain containers only (``weights_only``)."""
         # Each rank draws its own noise and sums its own losses: under DDP every rank's RNG
         # and running sums go into rank 0's file, and each rank restores its own.
-        per_rank = self.dist.gather_objects({"rng": rng_state(self.generator, self.use_cuda),
-                                             "epoch_position": self.epoch_position})
+        mine = {"rng": rng_state(self.generator, self.use_cuda), "epoch_position": self.epoch_position}
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "per_rank": per_rank,
+                "per_rank": self.dist.gather_objects(mine),
                 "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "step": self.step,
                 "history": self.history, "config": OmegaConf.to_container(self.cfg),
-                "config_hash": config_hash(self.cfg), "rng": rng_state(self.generator, self.use_cuda),
-                "epoch_position": self.epoch_position, "train_seconds": self.train_seconds,
+                "config_hash": config_hash(self.cfg), **mine, "train_seconds": self.train_seconds,
                 "images_seen": self.images_seen, "resumed_from": self.resumed_from}
 
     def write_checkpoint(self) -> None:
@@ -319,7 +313,7 @@ class Trainer:
             self.resume_point = mine["epoch_position"]
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise UserError(f"checkpoint {path} does not fit this run ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0][:160]}); delete it to start the run over") from exc
+                            f"{first_line(exc)[:160]}); delete it to start the run over") from exc
         self.last_checkpoint_step = self.step
 
     def summary(self) -> dict[str, Any]:

@@ -23,7 +23,8 @@ import optuna
 from omegaconf import OmegaConf
 
 from .config import config_hash
-from .errors import UserError
+from .errors import UserError, exception_line, first_line
+from .runio import write_json_atomic
 from .sweep_report import report, trials_dataframe  # noqa: F401  (public API of this module)
 from .sweep_spec import Param, SweepSpec, available_sweeps, load_sweep  # noqa: F401
 from .sweep_storage import (DEFAULT_OUT, FAILURE, StudyLock, budget, default_storage, default_study_name,
@@ -94,7 +95,7 @@ def open_study(spec: SweepSpec, url: str, name: str, base_hash: str) -> tuple[op
             study = optuna.create_study(storage=storage, study_name=name, directions=spec.directions,
                                         load_if_exists=True)
         except Exception as exc:
-            raise UserError(f"cannot open study {name!r} in {redact(url)}: {str(exc).splitlines()[0]}") from exc
+            raise UserError(f"cannot open study {name!r} in {redact(url)}: {first_line(exc)}") from exc
         identity = {"sweep": spec.name, "base_config_hash": base_hash,
                     "space": [p.__dict__ | {"choices": list(p.choices or [])} for p in spec.space],
                     "objectives": [o.__dict__ for o in spec.objectives]}
@@ -166,8 +167,8 @@ def _worker_main(**job: Any) -> None:
     except KeyboardInterrupt:
         code = 130
     except Exception as exc:  # e.g. the storage went away: one line, the other workers go on
-        print(f"vqbench: sweep worker {job.get('worker_index')} stopped: {type(exc).__name__}: "
-              f"{str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr, flush=True)
+        print(f"vqbench: sweep worker {job.get('worker_index')} stopped: "
+              f"{exception_line(exc)}", file=sys.stderr, flush=True)
         code = 1
     sys.exit(code)
 
@@ -223,8 +224,8 @@ class TrialObjective:
             cfg = self.spec.run_config(params, [f"out={run_dir.parent}", f"name={run_dir.name}"])
             trial.set_user_attr("run_dir", str(run_dir))
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "sweep_trial.json").write_text(json.dumps(
-                {"study": self.study_name, "sweep": self.spec.name, "trial": trial.number, "params": params}, indent=2))
+            write_json_atomic(run_dir / "sweep_trial.json", {"study": self.study_name, "sweep": self.spec.name,
+                                                             "trial": trial.number, "params": params})
             key = json.dumps(OmegaConf.to_container(cfg.data), sort_keys=True)
             if key not in self.data_cache:
                 self.data_cache[key] = self.load_dataset(cfg.data)
@@ -235,7 +236,7 @@ class TrialObjective:
             raise
         except Exception as exc:
             # Diverged or impossible settings are results (this point is bad): no retry, counts as done.
-            trial.set_user_attr(FAILURE, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            trial.set_user_attr(FAILURE, exception_line(exc))
             self.log(f"[worker {self.worker_index}] trial {trial.number} {_fmt(params)}  failed: {exc}")
             raise
         s = result.summary

@@ -25,7 +25,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 HEARTBEAT_S, GRACE_S, MAX_RETRY = 30, 120, 2
 FAILURE = "failure"  # user attr: why the objective failed (such a trial counts as done, no retry)
@@ -93,8 +93,7 @@ def make_storage(url: str) -> BaseStorage:
     except UserError:
         raise
     except Exception as exc:  # driver errors vary (psycopg2, sqlalchemy, OSError): one line each
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        raise UserError(f"cannot open the sweep storage {redact(url)}: {lines[0] if lines else type(exc).__name__}") from exc
+        raise UserError(f"cannot open the sweep storage {redact(url)}: {first_line(exc)}") from exc
 
 
 class StudyLock:
@@ -104,14 +103,13 @@ class StudyLock:
     def __init__(self, storage: BaseStorage, url: str, study_name: str) -> None:
         self.url, self.study_name = url, study_name
         self._storage, self._fh, self._conn, self._held = storage, None, None, False
-        self.exact = True
 
     def acquire(self) -> "StudyLock":
         if is_rdb(self.url) and not self.url.startswith("sqlite"):
             key = int.from_bytes(hashlib.sha256(self.study_name.encode()).digest()[:8], "big", signed=True)
             dialect = self.url.split("://", 1)[0].split("+", 1)[0]
             if dialect not in ("postgresql", "mysql"):
-                self.exact = False  # no portable lock: the budget may overshoot by workers − 1
+                # No portable lock: the budget may overshoot by workers − 1.
                 return self
             from sqlalchemy import text
 

@@ -82,8 +82,7 @@ def _cell(values: pd.Series, scale: float, digits: int) -> tuple[float | None, s
     return mean, text
 
 
-def build_table1(results: pd.DataFrame, suite: str | None = None,
-                 suite_overrides: list[str] | None = None) -> Table1:
+def build_table1(results: pd.DataFrame, suite: str | None = None) -> Table1:
     """Table 1 from merged result rows (:func:`vqbench.results.load_results`)."""
     methods = table1_methods()
     names = {n for n, _ in methods}
@@ -91,12 +90,12 @@ def build_table1(results: pd.DataFrame, suite: str | None = None,
     headings: dict[str, str] = {}
     if "paper_dataset" not in results:
         results = results.assign(paper_dataset=None)
+    if suite is not None:
+        from .suite import suite_hashes
+
+        results = results[results["config_hash"].isin(suite_hashes(suite))]  # once, not per column
     for dataset in COLUMNS:
         rows = results[results["paper_dataset"] == dataset]
-        if suite is not None:
-            from .suite import suite_hashes
-
-            rows = rows[rows["config_hash"].isin(suite_hashes(suite, suite_overrides))]
         recipe = _pick_recipe(rows, names)
         if recipe is None:
             chosen[dataset] = rows.iloc[0:0]

@@ -75,9 +75,9 @@ def make_optimizer(model: ConvAutoencoder, cfg: DictConfig, device: torch.device
     for group in groups:
         group["initial_lr"] = group["lr"]
     fused = device.type == "cuda"
-    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=wd, fused=fused, capturable=bool(cfg.train.cuda_graph))
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=wd, fused=fused)
     if cfg.train.cuda_graph:
-        lrs_as_tensors(optimizer, device)
+        lrs_as_tensors(optimizer, device)  # and capturable
     return optimizer
 
 

@@ -20,26 +20,6 @@ def add_parser(subparsers) -> None:
     p.add_argument("--report", action="store_true", help="print the best trial / Pareto front, write tables and plots")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="change the base run, e.g. train.max_steps=20")
     p.set_defaults(func=handle)
-    p.__class__ = _intermixed(type(p))
-
-
-def _intermixed(base: type) -> type:
-    """The parser class, but KEY=VALUE may follow options (NAME --out DIR train.max_steps=20):
-    plain argparse takes all positionals from the first run of them and rejects the rest."""
-
-    class IntermixedParser(base):  # type: ignore[misc, valid-type]
-        _inside = False
-
-        def parse_known_args(self, args=None, namespace=None):
-            if self._inside:  # parse_known_intermixed_args calls back into this method
-                return super().parse_known_args(args, namespace)
-            self._inside = True
-            try:
-                return self.parse_known_intermixed_args(args, namespace)
-            finally:
-                self._inside = False
-
-    return IntermixedParser
 
 
 def handle(args) -> int:
