@@ -33,7 +33,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import describe, fail, finish, require_device, steady_allocator  # noqa: E402
+from common import (arg_parser, check_json_path, count, describe, fail, finish, require_device,  # noqa: E402
+                    run_script, steady_allocator, sync)
+from vqbench.errors import UserError  # noqa: E402
 
 ANCHOR = "VectorQuantize"
 
@@ -81,6 +83,7 @@ def build(name: str, codes: int, dim: int, device: torch.device):
         if "triton" in flags:
             kwargs["kernel"] = "triton"
         module = build_quantizer(base, num_codes=codes, dim=dim, **kwargs).to(device).train()
+        module.check_device(device)  # e.g. -triton off CUDA: a FAILED row, not the PyTorch path's timings
         raw = module.codebook_parameter()
         if raw is not None:  # codes at the inputs' scale (k-means here would set the CPU peak)
             with torch.no_grad():
@@ -113,11 +116,6 @@ def inputs(n: int, dim: int, device: torch.device):
     z = (torch.randn(n, dim, generator=gen) * 0.5).to(device).requires_grad_()
     g = (torch.randn(n, dim, generator=gen) / n).to(device)
     return z, g
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def peak_mib_cuda(module, step, z, g, device: torch.device) -> float:
@@ -166,7 +164,7 @@ def _status_kib(key: str) -> int:
 
 def run(args) -> dict:
     device = torch.device(args.device)
-    names = args.only or [ANCHOR, *list_names(), "gmvq-plain"]
+    names = list(dict.fromkeys(args.only or [ANCHOR, *list_names(), "gmvq-plain"]))  # a name twice: timed once
     if ANCHOR not in names:
         names = [ANCHOR, *names]
     known = {ANCHOR, *list_names()}
@@ -183,6 +181,8 @@ def run(args) -> dict:
             steps[name](z, g)
             if device.type == "cuda":  # here, so a compiled variant is not compiled twice
                 peaks[name] = peak_mib_cuda(module, steps[name], z, g, device)
+        except UserError:  # the user's mistake (e.g. an option the quantizer lacks): one line, exit 2
+            raise
         except Exception as exc:  # noqa: BLE001 - a failing variant is reported, the rest still run
             steps.pop(name, None)
             errors[name] = describe(exc)
@@ -238,23 +238,25 @@ def print_table(report: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = arg_parser("bench_quantizers", __doc__)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--tokens", type=int, help="N (default 65536 on cuda, 8192 on cpu)")
-    p.add_argument("--codes", type=int, default=1024)
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds")
-    p.add_argument("--iters", type=int, help="steps per round (default 20 cuda, 2 cpu)")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's on cuda, 1 on cpu: "
+    p.add_argument("--tokens", type=count, help="N (default 65536 on cuda, 8192 on cpu)")
+    p.add_argument("--codes", type=count, default=1024)
+    p.add_argument("--dim", type=count, default=64)
+    p.add_argument("--repeats", type=count, default=5, help="interleaved timing rounds")
+    p.add_argument("--iters", type=count, help="steps per round (default 20 cuda, 2 cpu)")
+    p.add_argument("--threads", type=count, help="torch threads (default: torch's on cuda, 1 on cpu: "
                    "on a shared, loaded CPU, OpenMP barriers across 2 threads cost more than they gain)")
     p.add_argument("--only", nargs="+", help="quantizer names (the anchor is always added)")
     p.add_argument("--json", type=Path, help="write the report here")
     p.add_argument("--_peak", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     require_device("bench_quantizers", args.device)
-    args.tokens = args.tokens or (65536 if args.device == "cuda" else 8192)
-    args.iters = args.iters or (20 if args.device == "cuda" else 2)
-    args.threads = args.threads or (torch.get_num_threads() if args.device == "cuda" else 1)
+    check_json_path("bench_quantizers", args.json)
+    cuda = args.device == "cuda"
+    args.tokens = args.tokens if args.tokens is not None else (65536 if cuda else 8192)
+    args.iters = args.iters if args.iters is not None else (20 if cuda else 2)
+    args.threads = args.threads if args.threads is not None else (torch.get_num_threads() if cuda else 1)
     torch.set_num_threads(args.threads)
     if args._peak:  # glibc's default mmap returns each freed temporary: the RSS peak is the live peak
         _peak_child(args._peak, args)
@@ -264,4 +266,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script("bench_quantizers", main))

@@ -32,20 +32,21 @@ registry.yaml).
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import describe, fail, finish, require_device, steady_allocator  # noqa: E402
+from common import (arg_parser, check_json_path, count, describe, fail, finish, require_device,  # noqa: E402
+                    run_script, steady_allocator, sync)
+from vqbench.data import read_npz_images  # noqa: E402
+from vqbench.errors import UserError  # noqa: E402
 from quantizers.base import Quantizer, QuantizerOutput  # noqa: E402
 from vqbench.config import resolve_config  # noqa: E402
 from vqbench.data import ImageData  # noqa: E402
@@ -81,8 +82,7 @@ def load_shard(path: Path | None, limit: int) -> ImageData:
         fail("bench_train", f"no CIFAR-10 shard at {' or '.join(map(str, SHARDS))}; pass --data")
     if not path.is_file():
         fail("bench_train", f"--data {path} is not a file; pass a CIFAR-10 .npz shard")
-    with np.load(path) as archive:
-        x = torch.from_numpy(archive["x"][:limit]).permute(0, 3, 1, 2).contiguous()
+    x = read_npz_images(path, ("x", "x_train"))[:limit]
     return ImageData(train=x, test=x[:256])
 
 
@@ -119,11 +119,6 @@ def make_trainer(quantizer: str, overrides: list[str], args, data: ImageData, ou
     trainer.setup_optimization()
     trainer.model.train()
     return trainer
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def run_steps(trainer: Trainer, steps: int, order: torch.Tensor) -> torch.Tensor:
@@ -166,6 +161,8 @@ def run(args) -> dict:
             try:
                 trainers[name], compile_s[name] = warm_up(name, *table[name], args, data, out, order)
                 print(f"warm-up {name}: {compile_s[name]:.1f} s", file=sys.stderr, flush=True)
+            except UserError:  # a bad --compile or --batch-size: the user's, one line and exit 2
+                raise
             except Exception as exc:  # noqa: BLE001 - reported in the table and the JSON
                 errors[name] = describe(exc)
                 print(f"warm-up {name} FAILED: {errors[name]}", file=sys.stderr, flush=True)
@@ -207,17 +204,17 @@ def print_table(report: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = arg_parser("bench_train", __doc__)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--data", type=Path, help="a CIFAR-10 .npz shard (default .data/ or ../shared/data)")
-    p.add_argument("--images", type=int, default=12500, help="images of the shard to load")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--steps", type=int, help="steps per variant per round (default 50 cuda, 3 cpu)")
-    p.add_argument("--warmup", type=int, help="untimed steps first (default 20 cuda, 2 cpu)")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--images", type=count, default=12500, help="images of the shard to load")
+    p.add_argument("--batch-size", type=count, default=256)
+    p.add_argument("--steps", type=count, help="steps per variant per round (default 50 cuda, 3 cpu)")
+    p.add_argument("--warmup", type=count, help="untimed steps first (default 10 cuda, 2 cpu)")
+    p.add_argument("--repeats", type=count, default=3)
     p.add_argument("--compile", help="train.compile of the fast path (default: default on cuda, with "
                    "train.cuda_graph=true; none on cpu)")
-    p.add_argument("--threads", type=int, help="torch threads (default 1 on cpu, see bench_quantizers)")
+    p.add_argument("--threads", type=count, help="torch threads (default 1 on cpu, see bench_quantizers)")
     p.add_argument("--only", nargs="+", help="variant names (default: all for the device)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--budget-s", type=float, help="skip the variants not yet warmed up after this many "
@@ -225,14 +222,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     require_device("bench_train", args.device)
+    check_json_path("bench_train", args.json)
     cuda = args.device == "cuda"
-    args.steps = args.steps or (50 if cuda else 3)
-    args.warmup = args.warmup or (10 if cuda else 2)
+    args.steps = args.steps if args.steps is not None else (50 if cuda else 3)
+    args.warmup = args.warmup if args.warmup is not None else (10 if cuda else 2)
     args.compile = args.compile or ("default" if cuda else "none")
-    torch.set_num_threads(args.threads or (torch.get_num_threads() if cuda else 1))
+    torch.set_num_threads(args.threads if args.threads is not None else (torch.get_num_threads() if cuda else 1))
     steady_allocator()
     return finish(run(args), print_table, args.json)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script("bench_train", main))

@@ -14,7 +14,6 @@ Prints one line per check and exits 1 if any fails.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import sys
@@ -28,7 +27,7 @@ from quantizers.gmvq import GMVQ  # noqa: E402
 from vqbench.training import inductor_workarounds  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import require_device  # noqa: E402
+from common import arg_parser, count, require_device, run_script  # noqa: E402
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -117,16 +116,16 @@ def check_triton(q: GMVQ, z: torch.Tensor, upstream: torch.Tensor) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = arg_parser("check_equivalence", __doc__)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--tokens", type=int)
-    p.add_argument("--codes", type=int, default=1024)
-    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--tokens", type=count)
+    p.add_argument("--codes", type=count, default=1024)
+    p.add_argument("--dim", type=count, default=64)
     p.add_argument("--no-compile", action="store_true")
     args = p.parse_args(argv)
     require_device("check_equivalence", args.device)
     device = torch.device(args.device)
-    n = args.tokens or (65536 if device.type == "cuda" else 4096)
+    n = args.tokens if args.tokens is not None else (65536 if device.type == "cuda" else 4096)
     gen = torch.Generator().manual_seed(0)
     z = (torch.randn(n, args.dim, generator=gen) * 0.5).to(device)
     upstream = (torch.randn(n, args.dim, generator=gen) / n).to(device)
@@ -206,4 +205,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script("check_equivalence", main))

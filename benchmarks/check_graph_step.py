@@ -12,7 +12,6 @@ mismatch.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_train import load_shard  # noqa: E402
-from common import require_device  # noqa: E402
+from common import arg_parser, count, require_device, run_script  # noqa: E402
 from vqbench.config import resolve_config  # noqa: E402
 from vqbench.runner import Trainer  # noqa: E402
 
@@ -45,9 +44,9 @@ def losses(quantizer: str, graph: bool, args, data, out: str) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=16)
-    p.add_argument("--batch-size", type=int, default=256)
+    p = arg_parser("check_graph_step", __doc__)
+    p.add_argument("--steps", type=count, default=16)
+    p.add_argument("--batch-size", type=count, default=256)
     p.add_argument("--tol", type=float, default=2e-2)
     p.add_argument("--data", type=Path)
     args = p.parse_args(argv)
@@ -69,4 +68,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script("check_graph_step", main))

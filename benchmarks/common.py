@@ -2,6 +2,7 @@
 CLI), a failing variant is one line in the table, and every report ends the same way."""
 from __future__ import annotations
 
+import argparse
 import ctypes
 import json
 import sys
@@ -14,6 +15,47 @@ import torch
 def fail(script: str, message: str) -> NoReturn:
     print(f"{script}: error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def arg_parser(script: str, doc: str | None) -> argparse.ArgumentParser:
+    """argparse whose usage mistakes are one line and exit 2, as in the CLI."""
+    from vqbench.cli import OneLineParser
+
+    return OneLineParser(prog=script, description=(doc or script).splitlines()[0])
+
+
+def count(text: str) -> int:
+    """argparse type: a whole number ≥ 1 (sizes, rounds, steps, threads)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
+    return value
+
+
+def run_script(script: str, main: Callable[[], int]) -> int:
+    """``main()``, with the library's own user errors (a bad override, compile mode, data file)
+    as one line and exit 2 instead of a traceback."""
+    from vqbench.errors import UserError
+
+    try:
+        return main()
+    except UserError as exc:
+        fail(script, str(exc))
+
+
+def check_json_path(script: str, path: Path | None) -> None:
+    """Before the benchmark runs, not after: its report would be lost."""
+    if path is not None and not path.parent.is_dir():
+        fail(script, f"--json {path}: the folder {path.parent} does not exist")
+
+
+def sync(device: str | torch.device) -> None:
+    """Wait for the device's queued work, so a timer reads what it ran."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
 
 
 def require_device(script: str, device: str) -> None:

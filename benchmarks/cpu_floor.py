@@ -11,7 +11,6 @@ step, the layer cannot reach 1.0× in fp32 here, whatever else is fused.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -23,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_quantizers import ANCHOR, build, inputs  # noqa: E402
-from common import steady_allocator  # noqa: E402
+from common import arg_parser, count, run_script, steady_allocator  # noqa: E402
 
 
 def timed(fn, repeats: int) -> float:
@@ -38,12 +37,12 @@ def timed(fn, repeats: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tokens", type=int, default=4096)
-    p.add_argument("--codes", type=int, default=1024)
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=9)
+    p = arg_parser("cpu_floor", __doc__)
+    p.add_argument("--tokens", type=count, default=4096)
+    p.add_argument("--codes", type=count, default=1024)
+    p.add_argument("--dim", type=count, default=64)
+    p.add_argument("--threads", type=count, default=2)
+    p.add_argument("--repeats", type=count, default=9)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     steady_allocator()
@@ -76,4 +75,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script("cpu_floor", main))

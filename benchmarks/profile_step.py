@@ -10,7 +10,6 @@ is what the quantizer costs inside the step.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import sys
 import tempfile
@@ -23,17 +22,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_train import load_shard, make_trainer, run_steps  # noqa: E402  (registers `identity`)
-from common import fail, require_device  # noqa: E402
+from common import arg_parser, count, fail, require_device, run_script  # noqa: E402
 from vqbench.registry import list_quantizers  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = arg_parser("profile_step", __doc__)
     p.add_argument("--quantizers", nargs="+", default=["gmvq", "identity"])
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--steps", type=count, default=20)
+    p.add_argument("--batch-size", type=count, default=256)
     p.add_argument("--compile", default="default")
-    p.add_argument("--top", type=int, default=18)
+    p.add_argument("--top", type=count, default=18)
     p.add_argument("--data", type=Path)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -64,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{args.batch_size / total * 1e6:,.0f} images/s if nothing else ran), "
                   f"{sum(c for c, _ in per_kernel.values()) / args.steps:.0f} kernels per step")
             ranked = sorted(per_kernel.items(), key=lambda kv: -kv[1][1])[:args.top]
-            for kernel, (count, t) in ranked:
-                print(f"{t / args.steps:>9,.1f} µs {100 * t / args.steps / total:>5.1f}%  x{count / args.steps:<4.0f} "
+            for kernel, (calls, t) in ranked:
+                print(f"{t / args.steps:>9,.1f} µs {100 * t / args.steps / total:>5.1f}%  x{calls / args.steps:<4.0f} "
                       f"{kernel[:90]}")
             del trainer
             torch.cuda.empty_cache()
@@ -73,4 +72,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script("profile_step", main))

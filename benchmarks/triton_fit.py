@@ -12,7 +12,6 @@ with no spills.
 """
 from __future__ import annotations
 
-import argparse
 import re
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import fail, finish  # noqa: E402
+from common import arg_parser, check_json_path, fail, finish, run_script  # noqa: E402
 
 # Shared memory one block may use (bytes): CUDA C Programming Guide, compute capabilities table.
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
@@ -123,11 +122,12 @@ def print_table(report: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = arg_parser("triton_fit", __doc__)
     p.add_argument("--dim", type=int, default=64, help="L, the latent dimension (K = 2L)")
     p.add_argument("--arch", type=int, nargs="+", default=sorted(SHARED_LIMIT), choices=sorted(SHARED_LIMIT))
     p.add_argument("--json", type=Path, help="write the report here")
     args = p.parse_args(argv)
+    check_json_path("triton_fit", args.json)
     if args.dim < 8 or args.dim & (args.dim - 1):
         fail("triton_fit", f"--dim must be a power of two ≥ 8 (tl.dot and tl.arange need it), got {args.dim}")
     try:
@@ -142,4 +142,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script("triton_fit", main))

@@ -119,6 +119,11 @@ class Quantizer(nn.Module, abc.ABC):
         """
         return False
 
+    def check_device(self, device: torch.device) -> None:
+        """Raise ValueError if this quantizer, as configured, cannot run on ``device`` (the
+        runner asks before the run folder exists, so a bad setting is one line, not a silent
+        fallback). Every device is fine unless a quantizer says otherwise."""
+
     def reconstruction_loss(self, x: Tensor, x_hat: Tensor) -> Tensor:
         """Mean squared error over pixels; methods with another likelihood override it."""
         return F.mse_loss(x_hat, x)

@@ -155,6 +155,11 @@ class GMVQ(AnnealedQuantizer):
     def cuda_graph_safe(self) -> bool:
         return True  # τ and s are buffers; s is calibrated in the eager steps before capture
 
+    def check_device(self, device: torch.device) -> None:
+        if self.kernel == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(f"kernel='triton' needs a CUDA device, but this run is on {device.type}; "
+                             "use kernel='torch' (or TRITON_INTERPRET=1 to run the kernels in Triton's interpreter)")
+
     def param_groups(self) -> list[dict]:
         """The precision head may take a smaller step than the codebook (``head_lr_scale``):
         ŵ scales every logit, so its updates move π far more than a codeword's do."""

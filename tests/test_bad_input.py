@@ -77,6 +77,9 @@ def _cases(d: str) -> dict[str, tuple[list[str], str]]:
         "CUDA graph on a CPU": ([*tiny, "train.cuda_graph=true"], "train.cuda_graph=true needs a CUDA device"),
         "unknown matmul precision": ([*tiny, "train.matmul_precision=tf32"],
                                      "train.matmul_precision must be highest, high or medium"),
+        "results folder is a file": ([*tiny, f"results={d}/a-file"], "cannot write the results folder"),
+        "Triton kernels on a CPU": ([*tiny, "quantizer.kernel=triton"], "kernel='triton' needs a CUDA device"),
+        "--device and device= disagree": ([*tiny, "device=cuda"], "--device cpu and device=cuda both set device"),
     }
 
 
@@ -97,6 +100,40 @@ def test_bad_input_is_one_line_exit_2_and_leaves_no_run_folder(name, files, tmp_
     assert not out.exists() or not os.listdir(out), f"left behind: {os.listdir(out)}"
 
 
+@pytest.mark.parametrize("argv, fragment", [
+    (["table", "{d}/a-file"], "is a file, not a results folder"),
+    (["results", "{d}/a-file"], "is a file, not a results folder"),
+    (["theory"], "name a CHECK"),
+    (["experiment", "gradient-bias", "--seeds", "1", "--out", "{d}/a-file"], "cannot write the output folder"),
+])
+def test_other_commands_take_bad_input_in_one_line(argv, fragment, files, capsys):
+    try:
+        code = main([a.format(d=files["d"]) for a in argv])
+    except SystemExit as exc:  # argparse's own errors exit from inside main
+        code = exc.code
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and fragment in lines[0], (code, captured.err)
+
+
 def test_debug_shows_the_traceback(capsys):
     with pytest.raises(UserError, match="unknown quantizer"):
         main(["--debug", "run", "-q", "gmvqq", "-d", "cifar10-tiny"])
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["bench_quantizers.py", "--device", "cpu", "--tokens", "0"], "argument --tokens: must be ≥ 1, got 0"),
+    (["bench_train.py", "--device", "cpu", "--data", "{d}/garbage.npz"], "is not a readable .npz file"),
+    (["bench_train.py", "--device", "cpu", "--json", "{d}/no-such-folder/x.json"], "does not exist"),
+])
+def test_benchmark_scripts_take_bad_input_in_one_line(argv, fragment, files):
+    """The benchmarks keep the CLI's promise; the library's own UserErrors included."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / argv[0]
+    result = subprocess.run([sys.executable, str(script), *(a.format(d=files["d"]) for a in argv[1:])],
+                            capture_output=True, text=True, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and fragment in lines[0], (result.returncode, result.stderr)

@@ -52,13 +52,18 @@ def _read_npz(path: Path, keys: tuple[str, ...]) -> np.ndarray:
         raise UserError(f"{path} is not a readable .npz file ({type(exc).__name__}: {exc})") from exc
 
 
+def read_npz_images(path: Path, keys: tuple[str, ...]) -> Tensor:
+    """uint8 images (N, 3, H, W) from the first of ``keys`` in an .npz file (one line if not)."""
+    return _to_nchw(_read_npz(path, keys), str(path))
+
+
 def _npz_split(pattern: str | None, keys: tuple[str, ...], which: str) -> Tensor:
     if not pattern:
         raise UserError(f"dataset npz needs data.{which}=PATH (a .npz file or a glob of shards)")
     paths = sorted(Path(p) for p in glob.glob(str(Path(pattern).expanduser())))
     if not paths:
         raise UserError(f"data.{which}={pattern} matches no file")
-    parts = [_to_nchw(_read_npz(p, keys), str(p)) for p in paths]
+    parts = [read_npz_images(p, keys) for p in paths]
     if len({p.shape[1:] for p in parts}) > 1:
         raise UserError(f"data.{which}: shards have different image shapes")
     return torch.cat(parts) if len(parts) > 1 else parts[0]
@@ -69,9 +74,7 @@ def load_npz(cfg) -> ImageData:
 
 
 def load_cifar10_tiny(cfg) -> ImageData:
-    train = _to_nchw(_read_npz(TINY_CIFAR10, ("x_train",)), str(TINY_CIFAR10))
-    test = _to_nchw(_read_npz(TINY_CIFAR10, ("x_test",)), str(TINY_CIFAR10))
-    return ImageData(train, test)
+    return ImageData(read_npz_images(TINY_CIFAR10, ("x_train",)), read_npz_images(TINY_CIFAR10, ("x_test",)))
 
 
 def load_cifar10(cfg) -> ImageData:

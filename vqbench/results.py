@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
 from .registry import registry_document
-from .runio import write_atomic
+from .runio import writable_dir, write_atomic
 
 ROWS = "rows"
 METRICS = ("mse", "perplexity", "code_perplexity", "codes_used")
@@ -110,16 +110,16 @@ def make_row(cfg: DictConfig, summary: dict[str, Any], status: str = "finished",
     return row
 
 
+def rows_dir(results_dir: str | os.PathLike) -> Path:
+    """``<results_dir>/rows``, created and writable (the runner checks it before training)."""
+    return writable_dir(Path(results_dir) / ROWS, "results folder", "set results=PATH")
+
+
 def append_row(results_dir: str | os.PathLike, cfg: DictConfig, summary: dict[str, Any],
                status: str = "finished", error: str | None = None) -> Path:
     """Write one run's row as ``<results_dir>/rows/<run_id>.parquet`` (tmp + fsync + rename)."""
     row = make_row(cfg, summary, status, error)
-    folder = Path(results_dir).expanduser() / ROWS
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot write the results folder {folder}: {exc.strerror}; set results=PATH") from exc
-    path = folder / f"{row['run_id']}.parquet"
+    path = rows_dir(results_dir) / f"{row['run_id']}.parquet"
     write_atomic(path, lambda fh: pd.DataFrame([row]).to_parquet(fh, index=False), "wb")
     return path
 
@@ -134,6 +134,8 @@ def load_results(results_dir: str | os.PathLike = "results", *, finished_only: b
     if not root.exists():
         raise UserError(f"results folder {root} does not exist; runs write their rows to `results` "
                         "by default (config key results=PATH)")
+    if not root.is_dir():
+        raise UserError(f"{root} is a file, not a results folder; pass the folder runs write to (results=PATH)")
     folder = root / ROWS if (root / ROWS).is_dir() else root
     frames = []
     for path in sorted(folder.glob("*.parquet")):

@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import random
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -110,16 +111,21 @@ def check_run_dir_matches(run_dir: Path, cfg: DictConfig) -> None:
                         f"this one is {config_hash(cfg)}); choose another name= or out=, or delete it")
 
 
-def prepare_run_dir(cfg: DictConfig) -> Path:
-    run_dir = run_dir_for(cfg)
+def writable_dir(path: str | os.PathLike, what: str, fix: str) -> Path:
+    """``path`` created if need be and probed with a write; else one line: the ``what`` and
+    how to ``fix`` it. Called before the work whose output goes there, not after."""
+    path = Path(path).expanduser()
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):  # unique: writers may share the folder
+            pass
     except OSError as exc:
-        raise UserError(f"cannot write the run folder {run_dir}: {exc.strerror}; pass --out to a writable folder") from exc
-    return run_dir
+        raise UserError(f"cannot write the {what} {path}: {exc.strerror}; {fix}") from exc
+    return path
+
+
+def prepare_run_dir(cfg: DictConfig) -> Path:
+    return writable_dir(run_dir_for(cfg), "run folder", "pass --out to a writable folder")
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:

@@ -81,6 +81,10 @@ class Trainer:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         check_cuda_graph(cfg, self.device, self.dist.world_size > 1, self.model.quantizer)
+        try:
+            self.model.quantizer.check_device(self.device)
+        except ValueError as exc:
+            raise UserError(f"quantizer {cfg.quantizer.name!r}: {exc}") from exc
         # "high" lets fp32 matmuls (the quantizer's distances) use TF32 tensor cores.
         torch.set_float32_matmul_precision(cfg.train.matmul_precision)
         self.cudagraphs = compile_model(self.model, cfg.train.compile)
@@ -119,6 +123,10 @@ class Trainer:
         check_run_dir_matches(run_dir, cfg)
         if resume and not (run_dir / CONFIG).is_file():
             raise UserError(f"nothing to resume: {run_dir} holds no run; drop --resume to start it")
+        if cfg.get("results"):
+            from .results import rows_dir
+
+            self.dist.call_on_main(rows_dir, cfg.results)  # a bad results= fails now, not after training
         self.run_dir = self.dist.call_on_main(prepare_run_dir, cfg)
 
     def _check_kmeans_samples(self) -> None:

@@ -1,8 +1,6 @@
 """``vqbench experiment gradient-bias``: Figure 3 / Appendix A.1 of the GM-VQ paper."""
 from __future__ import annotations
 
-from pathlib import Path
-
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("experiment", help="the paper's small experiments (gradient-bias: Figure 3)")
@@ -19,11 +17,12 @@ def handle(args) -> int:
     from ..errors import UserError
     from ..experiments import gradient_bias_study, median_rho
     from ..plots import plot_gradient_bias
+    from ..runio import writable_dir
 
     if args.seeds < 1:
         raise UserError(f"--seeds must be ≥ 1, got {args.seeds}")
+    out = writable_dir(args.out, "output folder", "pass --out to a writable folder")  # before the study
     results = gradient_bias_study(args.seeds, args.first_seed)
-    out = Path(args.out)
     png = plot_gradient_bias(results, out / "gradient_bias.png")
     per_seed = pd.DataFrame({"seed": [r.seed for r in results], "rho": [r.rho for r in results],
                              "p_value": [r.p_value for r in results]})

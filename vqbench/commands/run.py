@@ -57,6 +57,10 @@ def handle(args) -> int:
     from ..runner import DivergenceError, fit
 
     overrides = list(args.overrides)
+    for flag in ("out", "device"):  # a flag and a different key=value: which one was meant?
+        other = [o for o in overrides if o.split("=", 1)[0] == flag and o.split("=", 1)[1] != getattr(args, flag)]
+        if getattr(args, flag) is not None and other:
+            raise UserError(f"--{flag} {getattr(args, flag)} and {other[0]} both set {flag}; give it once")
     if args.out is not None:
         overrides.append(f"out={args.out}")
     if args.device is not None:

@@ -6,6 +6,7 @@ Both counterexamples of ``docs/albo.md`` (shared/MATH.md), computed in closed fo
 from __future__ import annotations
 
 import argparse
+import sys
 
 from quantizers import bounds
 
@@ -17,8 +18,9 @@ def _albo_counterexample(args: argparse.Namespace) -> int:
 
 def _handler(args: argparse.Namespace) -> int:
     func = getattr(args, "theory_func", None)
-    if func is None:
-        args.theory_parser.print_help()
+    if func is None:  # one line on stderr, as the CLI's other usage errors
+        print(f"{args.theory_parser.prog}: error: name a CHECK (see {args.theory_parser.prog} --help)",
+              file=sys.stderr)
         return 2
     return func(args)
 
