@@ -21,19 +21,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_train import load_shard  # noqa: E402
+from bench_train import load_shard, make_trainer  # noqa: E402
 from common import arg_parser, count, require_device, run_script  # noqa: E402
-from vqbench.config import resolve_config  # noqa: E402
-from vqbench.runner import Trainer  # noqa: E402
 
 
 def losses(quantizer: str, graph: bool, args, data, out: str) -> list[float]:
-    cfg = resolve_config(quantizer, "npz", "conv32", [
-        "device=cuda", f"out={out}", f"train.batch_size={args.batch_size}", "train.kmeans_init=false",
-        f"train.max_steps={args.steps}", "train.warmup_fraction=0.5", f"train.cuda_graph={str(graph).lower()}"])
-    trainer = Trainer(cfg, data=data, log=lambda line: None)
-    trainer.setup_optimization()
-    trainer.model.train()
+    trainer = make_trainer(quantizer, [f"train.max_steps={args.steps}", "train.warmup_fraction=0.5",
+                                       f"train.cuda_graph={str(graph).lower()}"], args, data, out)
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0)).cuda()
     result = []
     for step in range(args.steps):
@@ -51,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path)
     args = p.parse_args(argv)
     require_device("check_graph_step", "cuda")
+    args.device, args.seed = "cuda", 0  # what make_trainer reads
     data = load_shard(args.data, args.steps * args.batch_size)
     failed = 0
     with tempfile.TemporaryDirectory() as out:

@@ -324,36 +324,37 @@ class Trainer:
                             f"{first_line(exc)[:160]}); delete it to start the run over") from exc
         self.last_checkpoint_step = self.step
 
-    def summary(self) -> dict[str, Any]:
-        cfg, final = self.cfg, self.history[-1]
+    def _identity(self) -> dict[str, Any]:
+        """What both summaries say of the run: which one it is, how far it got, on what."""
+        cfg = self.cfg
         return {
-            "status": "finished", "run_id": self.run_dir.name, "run_dir": str(self.run_dir),
-            "config_hash": config_hash(cfg), "quantizer": cfg.quantizer.name, "dataset": cfg.data.name,
-            "model": cfg.model.name, "seed": cfg.seed, "epochs": self.epoch, "steps": self.step,
+            "run_id": self.run_dir.name, "run_dir": str(self.run_dir), "config_hash": config_hash(cfg),
+            "quantizer": cfg.quantizer.name, "dataset": cfg.data.name, "model": cfg.model.name, "seed": cfg.seed,
+            "epochs": self.epoch, "steps": self.step, "num_codes": self.model.quantizer.num_codes,
+            "device": self.device.type, "torch": torch.__version__, "vqbench": __version__,
+            "resumed_from": self.resumed_from,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        final = self.history[-1]
+        return {
+            "status": "finished", **self._identity(),
             "mse": final["mse"], "perplexity": final["perplexity"],
             "code_perplexity": final["code_perplexity"], "codes_used": final["codes_used"],
-            "num_codes": self.model.quantizer.num_codes,
             "mean_image_mse": mean_image_mse(self.data.train, self.data.test),
             "images_per_s": self.images_seen * self.dist.world_size / max(self.train_seconds, 1e-9),
             "steady_images_per_s": steady_throughput(self.history, self.batch_size * self.dist.world_size),
             "train_seconds": self.train_seconds,
             "train_images": len(self.train_images), "test_images": len(self.test_images),
-            "wall_s": time.perf_counter() - self.started, "device": self.device.type,
-            "world_size": self.dist.world_size,
+            "wall_s": time.perf_counter() - self.started, "world_size": self.dist.world_size,
             "device_name": torch.cuda.get_device_name(self.device) if self.use_cuda else "cpu",
-            "torch": torch.__version__, "vqbench": __version__, "resumed_from": self.resumed_from,
         }
 
     def failed_summary(self, exc: DivergenceError) -> dict[str, Any]:
         """``status: failed`` with no metrics, so no table or sweep can read it as a score."""
-        cfg = self.cfg
         return {
             "status": "failed", "error": str(exc), "failed_step": exc.step, "nonfinite_terms": exc.terms,
-            "last_checkpoint_step": self.last_checkpoint_step, "run_id": self.run_dir.name,
-            "run_dir": str(self.run_dir), "config_hash": config_hash(cfg), "quantizer": cfg.quantizer.name,
-            "dataset": cfg.data.name, "model": cfg.model.name, "seed": cfg.seed, "epochs": self.epoch,
-            "steps": self.step, "num_codes": cfg.quantizer.num_codes, "device": self.device.type,
-            "torch": torch.__version__, "vqbench": __version__, "resumed_from": self.resumed_from,
+            "last_checkpoint_step": self.last_checkpoint_step, **self._identity(),
         }
 
     def fit(self) -> RunResult:

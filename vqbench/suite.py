@@ -4,7 +4,8 @@ A suite is a dataset, a list of quantizers, seeds and ``key=value`` overrides; e
 quantizer × seed is one ``fit``. A run whose config hash already has a finished row in
 the results folder is skipped, so a suite that was killed resumes where it stopped (the
 run that was cut off has no row and starts over). A run that diverges gets a ``failed``
-row and the suite goes on; the next invocation tries it again.
+row and the suite goes on; the next invocation does not retry it (its run folder says
+``failed``): change its configuration or delete the folder.
 """
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ def run_suite(name: str, overrides: list[str] | None = None, seeds: list[int] | 
               fit_log: Callable[[str], None] | None = None) -> SuiteReport:
     """Run every planned run of suite ``name`` that has no finished row yet."""
     from .data import load_dataset
-    from .results import finished_hashes
+    from .results import append_row, finished_hashes
     from .runner import DivergenceError, fit
 
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -107,7 +108,9 @@ def run_suite(name: str, overrides: list[str] | None = None, seeds: list[int] | 
             result = fit(run.config, data=cache[key], log=fit_log)
         except DivergenceError as exc:
             log(f"{label}: failed: {exc}")
-            _record_failure(run, str(exc))
+            # The runner's failed summary names the run; a row needs the split sizes too.
+            append_row(run.config.results, run.config, {"train_images": None, "test_images": None, **exc.summary},
+                       status="failed", error=str(exc))
             report.failed.append(run.config_hash)
             continue
         s = result.summary
@@ -115,12 +118,3 @@ def run_suite(name: str, overrides: list[str] | None = None, seeds: list[int] | 
         report.finished.append(run.config_hash)
     return report
 
-
-def _record_failure(run: PlannedRun, error: str) -> None:
-    from .results import append_row
-
-    cfg = run.config
-    run_id = cfg.name or f"{cfg.quantizer.name}-{cfg.data.name}-{run.config_hash}"
-    summary = {"run_id": run_id, "config_hash": run.config_hash, "train_images": None, "test_images": None,
-               "epochs": None, "steps": None, "num_codes": cfg.quantizer.num_codes}
-    append_row(cfg.results, cfg, summary, status="failed", error=error)

@@ -32,14 +32,11 @@ __all__ = ["check_quantizer", "runner_optimizer", "runner_step"]
 
 def runner_optimizer(q: Quantizer, extra: Any = (), lr: float = 1e-2) -> torch.optim.Optimizer:
     """AdamW as ``vqbench.runner`` builds it: base lr × ``lr_scale``, per-group weight decay."""
+    from .training import quantizer_param_groups
+
+    weight_decay = 0.01  # AdamW's default, which this helper has always used
     groups = [{"params": list(extra)}] if extra else []
-    for g in q.param_groups():
-        g = dict(g)
-        g["lr"] = lr * g.pop("lr_scale", 1.0)
-        g["params"] = list(g["params"])
-        if g["params"]:
-            groups.append(g)
-    return torch.optim.AdamW(groups, lr=lr)
+    return torch.optim.AdamW([*groups, *quantizer_param_groups(q, lr, weight_decay)], lr=lr, weight_decay=weight_decay)
 
 
 def runner_step(q: Quantizer, z: Tensor, opt: torch.optim.Optimizer, step: int = 0, total: int = 10

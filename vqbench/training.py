@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 import quantizers.functional as Fq
+from quantizers.base import Quantizer
 
 from .data import ImageData
 from .errors import UserError
@@ -58,20 +59,26 @@ def lr_factor(step: int, total: int, warmup_fraction: float, start_factor: float
     return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
 
 
+def quantizer_param_groups(quantizer: Quantizer, lr: float, weight_decay: float) -> list[dict]:
+    """The quantizer's ``param_groups()`` as optimiser groups: lr × ``lr_scale``, the group's
+    own weight decay or ``weight_decay``; empty groups dropped."""
+    groups = []
+    for group in quantizer.param_groups():
+        group = dict(group)
+        group["lr"] = lr * group.pop("lr_scale", 1.0)
+        group.setdefault("weight_decay", weight_decay)
+        group["params"] = list(group["params"])
+        if group["params"]:
+            groups.append(group)
+    return groups
+
+
 def make_optimizer(model: ConvAutoencoder, cfg: DictConfig, device: torch.device) -> torch.optim.Optimizer:
     """AdamW over the autoencoder and the quantizer's groups (``lr_scale``, own decay)."""
     lr, wd = cfg.train.lr, cfg.train.weight_decay
     q_params = {id(p) for p in model.quantizer.parameters()}
     groups = [{"params": [p for p in model.parameters() if id(p) not in q_params and p.requires_grad],
-               "lr": lr, "weight_decay": wd}]
-    for group in model.quantizer.param_groups():
-        group = dict(group)
-        scale = group.pop("lr_scale", 1.0)
-        group.setdefault("weight_decay", wd)
-        group["lr"] = lr * scale
-        group["params"] = list(group["params"])
-        if group["params"]:
-            groups.append(group)
+               "lr": lr, "weight_decay": wd}, *quantizer_param_groups(model.quantizer, lr, wd)]
     for group in groups:
         group["initial_lr"] = group["lr"]
     fused = device.type == "cuda"
