@@ -33,8 +33,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import (arg_parser, check_json_path, count, describe, fail, finish, require_device,  # noqa: E402
-                    run_script, steady_allocator, sync)
+from common import (arg_parser, check_json_path, count, describe, device_defaults, fail, finish,  # noqa: E402
+                    require_device, run_script, steady_allocator, sync)
 from vqbench.errors import UserError  # noqa: E402
 
 ANCHOR = "VectorQuantize"
@@ -253,10 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     require_device("bench_quantizers", args.device)
     check_json_path("bench_quantizers", args.json)
-    cuda = args.device == "cuda"
-    args.tokens = args.tokens if args.tokens is not None else (65536 if cuda else 8192)
-    args.iters = args.iters if args.iters is not None else (20 if cuda else 2)
-    args.threads = args.threads if args.threads is not None else (torch.get_num_threads() if cuda else 1)
+    device_defaults(args, tokens=(65536, 8192), iters=(20, 2), threads=(torch.get_num_threads(), 1))
     torch.set_num_threads(args.threads)
     if args._peak:  # glibc's default mmap returns each freed temporary: the RSS peak is the live peak
         _peak_child(args._peak, args)

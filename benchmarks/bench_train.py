@@ -43,8 +43,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import (arg_parser, check_json_path, count, describe, fail, finish, require_device,  # noqa: E402
-                    run_script, steady_allocator, sync)
+from common import (arg_parser, check_json_path, count, describe, device_defaults, fail, finish,  # noqa: E402
+                    require_device, run_script, steady_allocator, sync)
 from vqbench.data import read_npz_images  # noqa: E402
 from vqbench.errors import UserError  # noqa: E402
 from quantizers.base import Quantizer, QuantizerOutput  # noqa: E402
@@ -223,11 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     require_device("bench_train", args.device)
     check_json_path("bench_train", args.json)
-    cuda = args.device == "cuda"
-    args.steps = args.steps if args.steps is not None else (50 if cuda else 3)
-    args.warmup = args.warmup if args.warmup is not None else (10 if cuda else 2)
-    args.compile = args.compile or ("default" if cuda else "none")
-    torch.set_num_threads(args.threads if args.threads is not None else (torch.get_num_threads() if cuda else 1))
+    device_defaults(args, steps=(50, 3), warmup=(10, 2), compile=("default", "none"),
+                    threads=(torch.get_num_threads(), 1))
+    torch.set_num_threads(args.threads)
     steady_allocator()
     return finish(run(args), print_table, args.json)
 

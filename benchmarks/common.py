@@ -52,6 +52,13 @@ def check_json_path(script: str, path: Path | None) -> None:
         fail(script, f"--json {path}: the folder {path.parent} does not exist")
 
 
+def device_defaults(args: argparse.Namespace, **per_device: tuple[object, object]) -> None:
+    """Each argument left unset (None) takes its (CUDA, CPU) default for ``args.device``."""
+    for name, (on_cuda, on_cpu) in per_device.items():
+        if getattr(args, name) is None:
+            setattr(args, name, on_cuda if args.device == "cuda" else on_cpu)
+
+
 def sync(device: str | torch.device) -> None:
     """Wait for the device's queued work, so a timer reads what it ran."""
     if torch.device(device).type == "cuda":
