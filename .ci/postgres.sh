@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A throwaway PostgreSQL server for the sweep tests (tests/test_sweep_storage_pg.py).
+# A throwaway PostgreSQL server for the sweep tests (tests/test_sweep_postgres.py).
 #
 #   eval "$(.ci/postgres.sh)"     # in .ci/run, before pytest
 #

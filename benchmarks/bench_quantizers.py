@@ -13,7 +13,7 @@ during one step, above what was allocated before it; on CPU the growth of the pr
 max RSS (``resource.getrusage``) over one step in a fresh subprocess per quantizer (the
 peak is reset through /proc/self/clear_refs first, so the interpreter's import-time peak does
 not hide it; where that is unavailable, the growth of ru_maxrss, a lower bound).
-``gmvq-plain`` is ``gmvq`` with ``fused=False`` (the reference path), for comparison; any name
+``gmvq-plain`` is ``gmvq`` with ``backend="reference"``, for comparison; any name
 takes the suffixes ``-compiled`` (``torch.compile``) and ``-tf32`` (TF32 matmuls), the
 anchor's too (see ``build``). A variant that fails to build or compile is reported, not fatal.
 """
@@ -56,12 +56,12 @@ def split_name(name: str) -> tuple[str, set[str]]:
 def build(name: str, codes: int, dim: int, device: torch.device):
     """(module, step(z, grad) -> None): one forward + backward.
 
-    Suffixes: ``-plain`` GM-VQ's reference path (``fused=False``); ``-compiled`` the module
+    Suffixes: ``-plain`` GM-VQ's reference path (``backend="reference"``); ``-compiled`` the module
     under ``torch.compile`` (forward and, through AOTAutograd, backward); ``-tf32`` the step
     under ``torch.set_float32_matmul_precision("high")`` (TF32 tensor cores on CUDA);
     ``-3xtf32`` TF32 matmuls with GM-VQ's logits split into three TF32-exact products
     (``logit_matmul="3xtf32"``); ``-bf16`` the step under bf16 autocast, as the runner
-    trains on CUDA; ``-triton`` GM-VQ's Triton kernels (``kernel="triton"``, CUDA).
+    trains on CUDA; ``-triton`` GM-VQ's Triton kernels (``backend="triton"``, CUDA).
     """
     base, flags = split_name(name)
     if base == ANCHOR:
@@ -77,11 +77,11 @@ def build(name: str, codes: int, dim: int, device: torch.device):
     else:
         from vqbench.registry import build_quantizer
 
-        kwargs = {"fused": False} if "plain" in flags else {}
+        kwargs = {"backend": "reference"} if "plain" in flags else {}
         if "3xtf32" in flags:
             kwargs["logit_matmul"] = "3xtf32"
         if "triton" in flags:
-            kwargs["kernel"] = "triton"
+            kwargs["backend"] = "triton"
         module = build_quantizer(base, num_codes=codes, dim=dim, **kwargs).to(device).train()
         module.check_device(device)  # e.g. -triton off CUDA: a FAILED row, not the PyTorch path's timings
         raw = module.codebook_parameter()

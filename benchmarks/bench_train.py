@@ -8,18 +8,18 @@ bottleneck (the ceiling) and the eager baseline, all in one process.
 Variants (each a runner ``Trainer``; its ``step_batch`` is what is timed: gather from the
 uint8 split on the device, forward, loss, backward, AdamW, scheduler, quantizer hooks):
 
-- ``eager``: GM-VQ's plain path (``fused=False``), no ``torch.compile``, the runner's
+- ``eager``: GM-VQ's plain path (``backend="reference"``), no ``torch.compile``, the runner's
   defaults otherwise (bf16 autocast and channels_last on CUDA): the pre-fast-path step.
 - ``gmvq`` / ``vqvae`` / ``identity``: the fast path. On CUDA: fused GM-VQ,
   ``train.compile=--compile`` (default ``default``) and ``train.cuda_graph=true`` (the
-  whole step one CUDA graph, vqbench/stepgraph.py); on CPU: ``train.compile=none``.
+  whole step one CUDA graph, vqbench/training/graph.py); on CPU: ``train.compile=none``.
 - CUDA only, one lever at a time: ``gmvq-fp32grad`` (the fast path with GM-VQ's backward
   matmuls in fp32, ``quantizer.bf16_backward=false``), ``gmvq-compiled`` (compile reduce-overhead, optimiser
   eager: the model's forward/backward graphed by inductor), ``gmvq-graph-eager`` (whole-step
   graph, no inductor), ``gmvq-tf32`` / ``identity-tf32`` (the fast path with
   ``train.matmul_precision=high``), ``gmvq-3xtf32`` (the same with GM-VQ's logits and ∂a as
   three TF32-exact products, ``quantizer.logit_matmul=3xtf32``), ``gmvq-triton`` /
-  ``gmvq-triton-graph-eager`` (GM-VQ's Triton kernels, ``quantizer.kernel=triton``, with the
+  ``gmvq-triton-graph-eager`` (GM-VQ's Triton kernels, ``quantizer.backend=triton``, with the
   backward's GEMMs as in ``gmvq-3xtf32``, with and without inductor).
 
 A variant that fails to build, compile or capture is reported (table and JSON ``errors``)
@@ -51,7 +51,7 @@ from quantizers.base import Quantizer, QuantizerOutput  # noqa: E402
 from vqbench.config import resolve_config  # noqa: E402
 from vqbench.data import ImageData  # noqa: E402
 from vqbench.registry import register_quantizer  # noqa: E402
-from vqbench.runner import Trainer  # noqa: E402
+from vqbench.training import Trainer  # noqa: E402
 
 SHARDS = (ROOT / ".data" / "cifar10" / "train.npz", ROOT.parent / "shared" / "data" / "cifar10" / "train-0.npz")
 
@@ -91,19 +91,19 @@ def variants(device: str, compile_mode: str) -> dict[str, tuple[str, list[str]]]
     one CUDA graph; the extra CUDA rows isolate what each lever buys."""
     if device != "cuda":
         fast = [f"train.compile={compile_mode}"]
-        return {"eager": ("gmvq", ["quantizer.fused=false", "train.compile=none"]),
+        return {"eager": ("gmvq", ["quantizer.backend=reference", "train.compile=none"]),
                 "gmvq": ("gmvq", fast), "vqvae": ("vqvae", fast), "identity": ("identity", fast)}
     fast = [f"train.compile={compile_mode}", "train.cuda_graph=true"]
     split = ["train.matmul_precision=high", "quantizer.logit_matmul=3xtf32"]  # fp32-exact on tensor cores
     # Most telling first: --budget-s drops variants from the end.
-    return {"eager": ("gmvq", ["quantizer.fused=false", "train.compile=none"]),
+    return {"eager": ("gmvq", ["quantizer.backend=reference", "train.compile=none"]),
             "identity": ("identity", fast),
             "gmvq": ("gmvq", fast),
             "vqvae": ("vqvae", fast),
             "gmvq-3xtf32": ("gmvq", [*fast, *split]),
-            "gmvq-triton": ("gmvq", [*fast, *split, "quantizer.kernel=triton"]),
+            "gmvq-triton": ("gmvq", [*fast, *split, "quantizer.backend=triton"]),
             "gmvq-triton-graph-eager": ("gmvq", ["train.compile=none", "train.cuda_graph=true", *split,
-                                                 "quantizer.kernel=triton"]),
+                                                 "quantizer.backend=triton"]),
             "gmvq-fp32grad": ("gmvq", [*fast, "quantizer.bf16_backward=false"]),
             "gmvq-tf32": ("gmvq", [*fast, "train.matmul_precision=high"]),
             "gmvq-graph-eager": ("gmvq", ["train.compile=none", "train.cuda_graph=true"]),  # no inductor

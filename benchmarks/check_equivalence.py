@@ -4,7 +4,7 @@ needs no pytest, so it runs on a bare GPU machine from ``gpu_check.sh``).
     python benchmarks/check_equivalence.py --device cuda
 
 Checks, at benchmark size (N = 65,536, C = 1024, L = 64 on CUDA): the fused GM-VQ layer
-against ``fused=False`` with the same seed, train and eval, every LatReg reading, fp32
+against ``backend="reference"`` with the same seed, train and eval, every LatReg reading, fp32
 (relative error ≤ 1e-5, identical indices) and under bf16 autocast (≤ 1e-2); then the fused
 layer under ``torch.compile`` in eval mode (no noise, so the samples can be compared); on
 CUDA also the fused layer with TF32 matmuls against the fp32 plain path (reported, not gated),
@@ -67,11 +67,11 @@ def ties(a, b) -> torch.Tensor:
 
 
 def check_triton(q: GMVQ, z: torch.Tensor, upstream: torch.Tensor) -> int:
-    """GM-VQ's Triton kernels (``kernel="triton"``) against the plain math given the kernels'
+    """GM-VQ's Triton kernels (``backend="triton"``) against the plain math given the kernels'
     own noise: π, indices, z_c and the gradients of z, ŵ and M; fp32, and as the fast path
     trains (TF32 matmuls with ∂a in 3xTF32, bf16 ∂b). The number of failed checks."""
     try:
-        from quantizers.gmvq_triton import gumbel_noise, triton_posterior_sample
+        from quantizers.kernels.triton import gumbel_noise, posterior_sample
     except ImportError as exc:
         print(f"skip triton kernels: {exc}")
         return 0
@@ -93,8 +93,8 @@ def check_triton(q: GMVQ, z: torch.Tensor, upstream: torch.Tensor) -> int:
             if kind == "triton":
                 torch.set_float32_matmul_precision("high" if split else "highest")
                 try:
-                    probs, centre, idx, _ = triton_posterior_sample(zz, ww, mm, tau, True, seed=seed,
-                                                                    grad_dtype=grad_dtype, split_tf32=split)
+                    probs, centre, idx, _ = posterior_sample(zz, ww, mm, tau, True, seed=seed,
+                                                             grad_dtype=grad_dtype, split_tf32=split)
                     ((centre * upstream).sum() + (probs * up_probs).sum()).backward()
                 finally:
                     torch.set_float32_matmul_precision("highest")
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         fast.init_codebook(torch.randn(4 * args.codes, args.dim) * 0.5, generator=torch.Generator().manual_seed(0))
         fast.to(device).set_progress(0.3)
         plain = copy.deepcopy(fast)
-        plain.fused = False
+        plain.backend = "reference"
         for training in (True, False):
             for amp, tol in ((False, 1e-5), (True, 1e-2)):
                 fast.train(training), plain.train(training)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
-import sys
 from pathlib import Path
 from typing import Callable, NoReturn
 
@@ -13,13 +12,15 @@ import torch
 
 
 def fail(script: str, message: str) -> NoReturn:
-    print(f"{script}: error: {message}", file=sys.stderr)
+    from vqbench.errors import print_error
+
+    print_error(message, script)
     raise SystemExit(2)
 
 
 def arg_parser(script: str, doc: str | None) -> argparse.ArgumentParser:
     """argparse whose usage mistakes are one line and exit 2, as in the CLI."""
-    from vqbench.cli import OneLineParser
+    from vqbench.errors import OneLineParser
 
     return OneLineParser(prog=script, description=(doc or script).splitlines()[0])
 

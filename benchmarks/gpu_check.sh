@@ -46,7 +46,7 @@ timeout 100 python3 benchmarks/bench_quantizers.py --device cuda --repeats 3 --j
 fi
 
 if on equivalence; then
-echo "== 4/5 equivalence on CUDA: fused vs plain, fp32 / bf16 / TF32, compiled eval ($((SECONDS - t0)) s)"
+echo "== 4/5 equivalence on CUDA: fused vs reference backend, fp32 / bf16 / TF32, compiled eval ($((SECONDS - t0)) s)"
 timeout 80 python3 benchmarks/check_equivalence.py --device cuda > "$out/equivalence.txt" 2>&1
 eq=$?
 grep -E "^(ok|FAIL|over|equivalence)" "$out/equivalence.txt"

@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from quantizers.functional import round_mantissa  # noqa: E402
+from quantizers.kernels.precision import round_mantissa  # noqa: E402
 from quantizers.gmvq import GMVQ  # noqa: E402
 
 

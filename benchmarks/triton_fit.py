@@ -2,7 +2,7 @@
 sm_90 (H100/H200) on any machine, no GPU needed, and reports per kernel the shared memory,
 registers per thread and register spills (``ptxas -v``, the ptxas bundled with Triton).
 
-    python benchmarks/triton_fit.py                 # L = 64, the tiles in quantizers/gmvq_triton.py
+    python benchmarks/triton_fit.py                 # L = 64, the tiles in quantizers/kernels/triton.py
     python benchmarks/triton_fit.py --dim 32 --json fit.json
 
 A kernel that needs more shared memory than an SM block may have fails at launch ("out of
@@ -53,19 +53,20 @@ def signature(kernel) -> dict[str, str]:
 def kernels(dim: int, arch: int) -> list[tuple[str, object, dict, dict, dict]]:
     """(name, kernel, signature, constexprs, launch options) for every variant GM-VQ launches
     on a GPU of compute capability ``arch`` (80, 90)."""
-    import quantizers.gmvq_triton as G
+    import quantizers.kernels.triton as G  # tiles and launch options
+    import quantizers.kernels.triton_jit as J  # the kernels
 
-    fwd_sig, grad_sig = signature(G._forward), signature(G._logit_grad)
+    fwd_sig, grad_sig = signature(J.forward), signature(J.logit_grad)
     out = []
     for wide in (False, True):
         for sample in (True, False):
             (bn, bc), warps = G.FORWARD[arch // 10]
-            out.append((f"forward sample={int(sample)} wide={int(wide)}", G._forward, fwd_sig,
+            out.append((f"forward sample={int(sample)} wide={int(wide)}", J.forward, fwd_sig,
                         {"K": 2 * dim, "BN": bn, "BC": bc, "SAMPLE": sample, "DOT": G.DOT_PRECISION, "WIDE": wide},
                         {"num_warps": warps, "num_stages": G.STAGES}))
         for sample, has_gp in ((True, True), (True, False), (False, True)):
             (bn, bc), warps = G.LOGIT_GRAD[arch // 10]
-            out.append((f"logit_grad sample={int(sample)} gp={int(has_gp)} wide={int(wide)}", G._logit_grad,
+            out.append((f"logit_grad sample={int(sample)} gp={int(has_gp)} wide={int(wide)}", J.logit_grad,
                         grad_sig, {"L": dim, "BN": bn, "BC": bc, "SAMPLE": sample, "HAS_GP": has_gp,
                                    "DOT": G.DOT_PRECISION, "WIDE": wide},
                         {"num_warps": warps, "num_stages": G.STAGES}))

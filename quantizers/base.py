@@ -1,12 +1,16 @@
-"""The Quantizer contract every method implements.
+"""The Quantizer contract every method implements, and the pieces methods share.
 
 A quantizer maps encoder outputs ``z_e`` of shape (B, D, H, W) or (N, D) to ``z_q`` of the
-same shape and returns a :class:`QuantizerOutput`. Subclasses implement
-:meth:`Quantizer.quantize` on flat (N, D) vectors; the base class handles layouts.
+same shape and returns a :class:`QuantizerOutput`. A subclass implements *either*
+``quantize(z)`` or ``forward(z)`` (the PyTorch habit); either way the method receives flat
+(N, D) vectors and :meth:`Quantizer.forward` handles the layouts, in one place.
+:class:`CodebookQuantizer` owns a learnable (C, D) codebook (k-means initialises it);
+:class:`AnnealedQuantizer` a Gumbel temperature schedule. The two combine as mixins.
 """
 from __future__ import annotations
 
 import abc
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -43,8 +47,40 @@ def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None
         raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
 
 
+def _with_layouts(flat_method):
+    """``forward`` of a forward-style class: the layouts of :meth:`Quantizer.forward` around
+    the class's own ``forward``, which thus receives (N, D) like ``quantize`` would."""
+    @functools.wraps(flat_method)
+    def forward(self, z_e: Tensor) -> QuantizerOutput:
+        return self._apply_flat(flat_method.__get__(self), z_e)
+    return forward
+
+
 class Quantizer(nn.Module, abc.ABC):
-    """Abstract base: C codes of dimension D, hooks with sensible defaults."""
+    """Abstract base: C codes of dimension D, hooks with sensible defaults.
+
+    Implement ``quantize(z)`` or ``forward(z)``, on flat (N, D) vectors: a class that defines
+    ``forward`` while nothing above it implements ``quantize`` is forward-style, its
+    ``forward`` is its ``quantize`` and the public ``forward`` adds the layout handling. (A
+    ``forward`` defined below a quantize-style class is an ordinary override of the public
+    one and sees the input as given.)
+    """
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("forward")
+        if own is None or "quantize" in cls.__dict__:
+            return
+        inherited = cls.quantize  # Quantizer's abstract one, or a forward-style parent's forward
+        if getattr(inherited, "__isabstractmethod__", False) or getattr(inherited, "_forward_style", False):
+            own._forward_style = True
+            cls.quantize, cls.forward = own, _with_layouts(own)
+
+    def __new__(cls, *args, **kwargs):
+        if getattr(cls.quantize, "__isabstractmethod__", False):
+            raise TypeError(f"{cls.__qualname__} implements neither quantize(z) nor forward(z): a quantizer "
+                            "implements one of them, on flat (N, D) vectors (docs/plugins.md)")
+        return super().__new__(cls)
 
     def __init__(self, num_codes: int, dim: int) -> None:
         super().__init__()
@@ -67,14 +103,18 @@ class Quantizer(nn.Module, abc.ABC):
 
     # --- layout handling ------------------------------------------------------------
     def forward(self, z_e: Tensor) -> QuantizerOutput:
+        return self._apply_flat(self.quantize, z_e)
+
+    def _apply_flat(self, flat_method, z_e: Tensor) -> QuantizerOutput:
+        """``flat_method`` on (N, D) vectors; (B, D, H, W) in and out around it."""
         if z_e.dim() == 2:
-            return self.quantize(z_e)
+            return flat_method(z_e)
         if z_e.dim() != 4 or z_e.shape[1] != self.dim:
             raise ValueError(
                 f"expected (B, {self.dim}, H, W) or (N, {self.dim}) input, got {tuple(z_e.shape)}"
             )
         b, _, h, w = z_e.shape
-        out = self.quantize(rearrange(z_e, "b d h w -> (b h w) d"))
+        out = flat_method(rearrange(z_e, "b d h w -> (b h w) d"))
         out.z_q = rearrange(out.z_q, "(b h w) d -> b d h w", b=b, h=h, w=w)
         if out.indices is not None:
             out.indices = out.indices.reshape(b, h, w)
@@ -84,18 +124,13 @@ class Quantizer(nn.Module, abc.ABC):
 
     # --- hooks ---------------------------------------------------------------------
     def codebook_parameter(self) -> nn.Parameter | None:
-        """The raw (C, D) parameter k-means initialisation writes to, if any."""
-        weight = getattr(self, "embedding", None)
-        return weight if isinstance(weight, nn.Parameter) else None
+        """The raw (C, D) parameter k-means initialisation writes to: none here
+        (:class:`CodebookQuantizer` has one)."""
+        return None
 
-    @torch.no_grad()
     def init_codebook(self, samples: Tensor, generator: torch.Generator | None = None) -> None:
-        """k-means initialisation on encoder outputs (N, D) (Huh et al. 2023)."""
-        target = self.codebook_parameter()
-        if target is None:
-            return
-        centroids = Fq.kmeans(samples.to(target.dtype), self.num_codes, generator=generator)
-        target.copy_(centroids.to(target.device))
+        """Initialise from encoder outputs (N, D) before training; nothing to do by default
+        (:class:`CodebookQuantizer`: k-means)."""
 
     def set_progress(self, fraction: float) -> None:
         """Training progress in [0, 1], for temperature and variance schedules."""
@@ -129,11 +164,44 @@ class Quantizer(nn.Module, abc.ABC):
         return F.mse_loss(x_hat, x)
 
 
+class CodebookQuantizer(Quantizer):
+    """A quantizer with a learnable (C, D) codebook, the parameter ``embedding`` (its
+    ``state_dict`` key), drawn from N(0, 1/D) and initialised by k-means from encoder outputs.
+
+    ``super().__init__(num_codes, dim)`` creates it. A subclass that must draw other random
+    weights first (so that a seed keeps giving the same weights) passes
+    ``create_codebook=False`` and calls :meth:`create_codebook` where the draw belongs.
+    """
+
+    def __init__(self, num_codes: int, dim: int, *, create_codebook: bool = True) -> None:
+        super().__init__(num_codes, dim)
+        if create_codebook:
+            self.create_codebook()
+
+    def create_codebook(self) -> None:
+        self.embedding = nn.Parameter(torch.randn(self.num_codes, self.dim) / self.dim**0.5)
+
+    @property
+    def codebook(self) -> Tensor:
+        return self.embedding
+
+    def codebook_parameter(self) -> nn.Parameter:
+        return self.embedding
+
+    @torch.no_grad()
+    def init_codebook(self, samples: Tensor, generator: torch.Generator | None = None) -> None:
+        """k-means initialisation on encoder outputs (N, D) (Huh et al. 2023)."""
+        target = self.embedding
+        centroids = Fq.kmeans(samples.to(target.dtype), self.num_codes, generator=generator)
+        target.copy_(centroids.to(target.device))
+
+
 class AnnealedQuantizer(Quantizer):
     """A quantizer with a Gumbel-softmax temperature τ, annealed exponentially from
     ``tau_start`` to ``tau_end`` over training through ``set_progress`` (GM-VQ paper §5.1).
     τ lives in a buffer: checkpoints carry it, and a captured CUDA graph reads its current
-    value instead of the one at capture."""
+    value instead of the one at capture. Combine with :class:`CodebookQuantizer` as
+    ``class M(AnnealedQuantizer, CodebookQuantizer)``."""
 
     def init_temperature(self, tau_start: float, tau_end: float) -> None:
         check_positive("tau_start", tau_start)

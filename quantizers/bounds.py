@@ -12,6 +12,7 @@ float64: it is the oracle the GM-VQ loss is checked against.
 - ``entropy_condition``: Σ_k π_k log(2πe s_k²); ≥ 0 is sufficient for ALBO ≤ log p(x).
 - ``gmvq_objective``: the objective each GM-VQ LatReg reading is −1/(2σ_x²) times the loss of
   (up to ``gmvq_loss_constant``), so L = −2σ_x² (objective + constant), γ = σ_x²/σ_z², β = 2σ_z².
+- ``gmvq_expected_loss``: E_{q(z|x)} of GM-VQ's training loss, closed form (``GMVQ.expected_loss``).
 """
 from __future__ import annotations
 
@@ -161,6 +162,25 @@ def gmvq_loss_constant(model: LinearGaussianMixture) -> float:
     """The constant c in L = −2σ_x² (objective + c): (D/2) log 2πσ_x² + (L/2) log 2πσ_z²."""
     d, dim = model.A.shape
     return 0.5 * d * math.log(2 * math.pi * model.sigma_x2) + 0.5 * dim * math.log(2 * math.pi * model.sigma_z2)
+
+
+def gmvq_expected_loss(q, z: Tensor, probs: Tensor, q_batch: Tensor) -> Tensor:
+    """E over z ~ q(z|x) and j of a ``GMVQ`` ``q``'s training loss at latents ``z`` with π = ``probs``:
+    γ (E LatReg + β KL(q^B‖U)), − γβ mean_n Σ_k π_k h_k for the bound; E LatReg: sampled Σ_k π_k L σ_k²,
+    aggregated / posterior Σ_c w_c Σ_k π_k (‖μ_k − μ_c‖² + L σ_k²), w = q^B / π (MATH.md choice 1)."""
+    codebook = q.codebook.to(z.dtype)
+    variances = q.component_variance(Fq.squared_distances(z, codebook))
+    spread = (probs * variances).sum(-1) * q.dim
+    if q.latreg == "sampled":
+        latreg = spread.mean()
+    else:
+        weights = q_batch[None, :] if q.latreg == "aggregated" else probs
+        between = (weights * (probs @ Fq.squared_distances(codebook, codebook))).sum(-1)  # Σ_c w_c Σ_k π_k d_kc
+        latreg = (between + spread).mean()
+    penalty = q.beta * Fq.kl_to_uniform(q_batch)
+    if q.objective == "bound":
+        penalty = penalty - q.beta * mixture_entropy_lower_bound(probs, variances, q.dim).mean()
+    return q.gamma * (latreg + penalty)
 
 
 def expected_reconstruction(model: LinearGaussianMixture, x: Tensor, pi: Tensor, s2: Tensor) -> Tensor:

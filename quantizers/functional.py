@@ -34,25 +34,6 @@ def weighted_squared_distances(x: Tensor, weights: Tensor, codebook: Tensor) -> 
     return d.clamp_min(0.0)
 
 
-def round_mantissa(x: Tensor, bits: int) -> Tensor:
-    """fp32 → the nearest fp32 value with a ``bits``-bit mantissa (ties to even); 10 is TF32."""
-    drop = 23 - bits
-    i = x.contiguous().view(torch.int32)
-    i = (i + (1 << (drop - 1)) - 1 + ((i >> drop) & 1)) & ~((1 << drop) - 1)
-    return i.view(torch.float32)
-
-
-def matmul_3xtf32(x: Tensor, y: Tensor) -> Tensor:
-    """x @ y (fp32) from three products of TF32-exact parts, x = x_hi + x_lo, y likewise:
-    x_hi·y_hi + x_hi·y_lo + x_lo·y_hi (the x_lo·y_lo term is below fp32 rounding). With
-    TF32 matmuls on (``torch.set_float32_matmul_precision("high")``) each product runs on
-    tensor cores exactly, so the sum keeps ≈ fp32 accuracy where one TF32 product would not
-    (benchmarks/logit_precision.py); without TF32 it is plain fp32 arithmetic."""
-    x_hi, y_hi = round_mantissa(x, 10), round_mantissa(y, 10)
-    x_lo, y_lo = round_mantissa(x - x_hi, 10), round_mantissa(y - y_hi, 10)
-    return x_hi @ y_hi + (x_hi @ y_lo + x_lo @ y_hi)
-
-
 def straight_through(z: Tensor, z_q: Tensor) -> Tensor:
     """Forward value z_q, gradient of the identity to z (Bengio et al. 2013)."""
     return z + (z_q - z).detach()

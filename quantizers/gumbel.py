@@ -17,10 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as Fq
-from .base import AnnealedQuantizer, QuantizerOutput, check_positive
+from .base import AnnealedQuantizer, CodebookQuantizer, QuantizerOutput, check_positive
 
 
-class GumbelQuantizer(AnnealedQuantizer):
+class GumbelQuantizer(AnnealedQuantizer, CodebookQuantizer):
     """Encoder-predicted categorical posterior with Gumbel-softmax (``gumbel-vqvae``)."""
 
     def __init__(
@@ -31,16 +31,12 @@ class GumbelQuantizer(AnnealedQuantizer):
         tau_start: float = 2.0,
         tau_end: float = 0.1,
     ) -> None:
-        super().__init__(num_codes, dim)
+        super().__init__(num_codes, dim, create_codebook=False)  # after proj, whose init draws first
         check_positive("kl_weight", kl_weight, allow_zero=True)
         self.init_temperature(tau_start, tau_end)
         self.kl_weight = float(kl_weight)
         self.proj = nn.Linear(self.dim, self.num_codes)
-        self.embedding = nn.Parameter(torch.randn(self.num_codes, self.dim) / self.dim**0.5)
-
-    @property
-    def codebook(self) -> Tensor:
-        return self.embedding
+        self.create_codebook()
 
     @property
     def cuda_graph_safe(self) -> bool:

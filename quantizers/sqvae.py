@@ -29,10 +29,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import functional as Fq
-from .base import AnnealedQuantizer, QuantizerOutput, check_positive
+from .base import AnnealedQuantizer, CodebookQuantizer, QuantizerOutput, check_positive
 
 
-class SQVAE(AnnealedQuantizer):
+class SQVAE(AnnealedQuantizer, CodebookQuantizer):
     """Stochastically quantised VAE with a learnable, self-annealing variance (``sqvae``)."""
 
     def __init__(
@@ -50,13 +50,8 @@ class SQVAE(AnnealedQuantizer):
         self.init_temperature(tau_start, tau_end)
         check_positive("eps", eps)
         self.eps = float(eps)
-        self.embedding = nn.Parameter(torch.randn(self.num_codes, self.dim) / self.dim**0.5)
         self.log_var = nn.Parameter(torch.tensor(float(log_var_init)))
         self._vectors_per_batch: int | None = None
-
-    @property
-    def codebook(self) -> Tensor:
-        return self.embedding
 
     @property
     def cuda_graph_safe(self) -> bool:

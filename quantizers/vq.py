@@ -27,6 +27,22 @@ variant so the rows of Table 1 differ only in the option under test). Options:
 - ``sync_nu`` (Huh et al. 2023 §5.3, synchronised update): z_q = ẑ + sg(z_c − ẑ) + ν(z_c −
   sg(z_c)), so the codebook also receives ν × the task gradient. Under ``alternating`` that
   gradient is applied by the inner step (the codebook's own optimiser), not the task one.
+- ``rotation`` (Fifty et al. 2024, "Restructuring Vector Quantization with the Rotation
+  Trick", ICLR 2025, arXiv 2410.06424, §4.2): instead of copying the gradient (the STE),
+  z_q = sg(λR) ẑ with λ = ‖z_c‖/‖ẑ‖ and R = I − 2rrᵀ + 2ĉêᵀ, r = (ê + ĉ)/‖ê + ĉ‖, the
+  rotation taking ẑ's direction ê to z_c's ĉ. Forward value z_c, as the STE's; backward
+  ∂L/∂ẑ = λRᵀ ∂L/∂z_q, R and λ constants, so no task gradient reaches the codebook.
+- ``ema_decay`` (van den Oord et al. 2017 App. A.1 eqs. 6–8; Razavi et al. 2019, VQ-VAE-2):
+  the codebook is not trained by gradient (it leaves the optimiser and the loss keeps only
+  the commitment term) but set in each training forward, after the lookup, from moving
+  averages of assignment counts and sums, N_c ← γN_c + (1 − γ)n_c, m_c ← γm_c + (1 − γ)
+  Σ_{ẑ→c} ẑ, μ_c = m_c / Ñ_c with Laplace smoothing Ñ_c = (N_c + ε)/(ΣN + Cε)·ΣN
+  (``ema_eps`` ε = 1e-5, Sonnet's). γ = 0.99 in ``vqvae-ema`` (the papers'). k-means and
+  dead-code replacement seed a row's averages with the written code and a count of 1 (our
+  choice, as vector-quantize-pytorch; Sonnet starts from zero with a debiased average).
+  Under DDP the counts and sums are all-reduced (one collective) before the update, so every
+  rank applies the same update to the global batch's statistics. Not with ``affine``,
+  ``alternating`` or ``sync_nu`` (each gives the codebook a second learning rule).
 
 Replacement and the inner step write the effective codebook through one helper that inverts
 the affine map, so ``l2``/``affine``/``alternating``/``replace`` compose freely.
@@ -46,10 +62,20 @@ from torch import Tensor, nn
 
 from . import distributed as Fd
 from . import functional as Fq
-from .base import Quantizer, QuantizerOutput, check_positive
+from .base import CodebookQuantizer, QuantizerOutput, check_positive
 
 
-class VectorQuantizer(Quantizer):
+def rotation_trick(e: Tensor, q: Tensor) -> Tensor:
+    """Forward value q, backward through sg(λR) e (Fifty et al. 2024 §4.2, module docstring),
+    computed as λ(e − 2(e·r)r + 2(e·ê)q̂) without forming R."""
+    e_hat, q_hat = Fq.l2_normalize(e).detach(), Fq.l2_normalize(q).detach()
+    r = Fq.l2_normalize(e_hat + q_hat)
+    lam = (q.norm(dim=-1, keepdim=True) / e.norm(dim=-1, keepdim=True).clamp_min(1e-12)).detach()
+    rotated = lam * (e - 2 * (e * r).sum(-1, keepdim=True) * r + 2 * (e * e_hat).sum(-1, keepdim=True) * q_hat)
+    return rotated + (q - rotated).detach()  # the value is exactly q's, as the STE's
+
+
+class VectorQuantizer(CodebookQuantizer):
     """Deterministic VQ with a learnable codebook (``vqvae`` and its Table 1 variants)."""
 
     def __init__(
@@ -65,6 +91,9 @@ class VectorQuantizer(Quantizer):
         alternating: bool = False,
         inner_lr: float = 0.1,
         sync_nu: float = 0.0,
+        rotation: bool = False,
+        ema_decay: float | None = None,
+        ema_eps: float = 1e-5,
     ) -> None:
         super().__init__(num_codes, dim)
         check_positive("commitment", commitment, allow_zero=True)
@@ -78,7 +107,18 @@ class VectorQuantizer(Quantizer):
         self.replace_window = None if replace_window is None else int(replace_window)
         self.replace_noise, self.affine_lr = float(replace_noise), float(affine_lr)
         self.alternating, self.inner_lr, self.sync_nu = bool(alternating), float(inner_lr), float(sync_nu)
-        self.embedding = nn.Parameter(torch.randn(self.num_codes, self.dim) / self.dim**0.5)
+        self.rotation = bool(rotation)
+        if ema_decay is not None:
+            if isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float)) or not 0 < ema_decay < 1:
+                raise ValueError(f"ema_decay must be in (0, 1) (or None: the codebook learns by gradient), got {ema_decay!r}")
+            check_positive("ema_eps", ema_eps)
+            if affine or alternating or sync_nu > 0:
+                raise ValueError("ema_decay cannot be combined with affine, alternating or sync_nu "
+                                 "(each gives the codebook a second learning rule)")
+            self.embedding.requires_grad_(False)  # the EMA sets it; no optimiser may move it
+            self.register_buffer("ema_count", torch.ones(self.num_codes))
+            self.register_buffer("ema_sum", self.embedding.detach().clone())
+        self.ema_decay, self.ema_eps = (None if ema_decay is None else float(ema_decay)), float(ema_eps)
         if affine:
             self.affine_scale = nn.Parameter(torch.ones(self.dim))
             self.affine_shift = nn.Parameter(torch.zeros(self.dim))
@@ -119,19 +159,29 @@ class VectorQuantizer(Quantizer):
             scale = torch.where(scale.abs() < 1e-8, torch.full_like(scale, 1e-8), scale)
             values = (values - self.affine_shift) / scale
         self.embedding[rows] = values.to(self.embedding.dtype)
+        if self.ema_decay is not None:  # the written code is the row's average, counted once
+            self.ema_sum[rows] = values.to(self.ema_sum.dtype)
+            self.ema_count[rows] = 1.0
 
     # --- forward --------------------------------------------------------------------
     def quantize(self, z: Tensor) -> QuantizerOutput:
         z_cmp = self._compare(z.float())  # fp32 even under autocast: argmin ties flip in bf16
         codebook = self.codebook.float()
-        indices = Fq.squared_distances(z_cmp, codebook).argmin(-1)
+        with torch.no_grad():
+            indices = Fq.squared_distances(z_cmp, codebook).argmin(-1)
         z_c = F.embedding(indices, codebook)
         # Under OPT the raw codebook gets no task/codebook-loss gradient; only the affine does.
         loss_book = self._compare(self._affine(self.embedding.detach())).float() if self.alternating else codebook
         codebook_loss = F.mse_loss(F.embedding(indices, loss_book), z_cmp.detach())
         commitment_loss = F.mse_loss(z_cmp, z_c.detach())
-        loss = self.commitment * commitment_loss + codebook_loss
-        z_q = Fq.straight_through(z_cmp, z_c)
+        loss = self.commitment * commitment_loss
+        terms = {"commitment": commitment_loss.detach()}
+        if self.ema_decay is None:
+            loss = loss + codebook_loss
+            terms["codebook"] = codebook_loss.detach()
+        elif self.training:  # after the lookup: this batch is quantized with the codebook it saw
+            self._ema_update(z_cmp.detach(), indices)
+        z_q = rotation_trick(z_cmp, z_c) if self.rotation else Fq.straight_through(z_cmp, z_c)
         if self.sync_nu > 0:
             z_q = z_q + self.sync_nu * (z_c - z_c.detach())
         if self.training and (self.alternating or self.replace_window is not None):
@@ -141,7 +191,7 @@ class VectorQuantizer(Quantizer):
         return QuantizerOutput(
             z_q=z_q.to(z.dtype),
             loss=loss,
-            terms={"codebook": codebook_loss.detach(), "commitment": commitment_loss.detach()},
+            terms=terms,
             indices=indices,
             probs=None,
         )
@@ -155,7 +205,7 @@ class VectorQuantizer(Quantizer):
         self._write_effective(torch.arange(self.num_codes, device=centroids.device), centroids)
 
     def param_groups(self) -> list[dict]:
-        groups = [] if self.alternating else [{"params": [self.embedding]}]
+        groups = [] if self.alternating or self.ema_decay is not None else [{"params": [self.embedding]}]
         if self.affine_scale is not None:
             groups.append({"params": [self.affine_scale, self.affine_shift],
                            "lr_scale": self.affine_lr, "weight_decay": 0.0})
@@ -171,6 +221,19 @@ class VectorQuantizer(Quantizer):
         if self.replace_window is not None:
             self._replace_dead_codes(z)
         self._last_batch = None
+
+    @torch.no_grad()
+    def _ema_update(self, z: Tensor, indices: Tensor) -> None:
+        """The EMA codebook step (module docstring): no host sync, so CUDA graphs replay it."""
+        stats = torch.zeros(self.num_codes, self.dim + 1, dtype=torch.float32, device=z.device)
+        stats.index_add_(0, indices, torch.cat([z.float(), torch.ones_like(z[:, :1], dtype=torch.float32)], 1))
+        Fd.all_reduce_sum_(stats)  # one collective: the global batch's per-code sums and counts
+        decay = self.ema_decay
+        self.ema_count.mul_(decay).add_(stats[:, -1], alpha=1 - decay)
+        self.ema_sum.mul_(decay).add_(stats[:, :-1], alpha=1 - decay)
+        total = self.ema_count.sum()
+        smoothed = (self.ema_count + self.ema_eps) / (total + self.num_codes * self.ema_eps) * total
+        self.embedding.copy_(self.ema_sum / smoothed[:, None])
 
     @torch.no_grad()
     def _inner_step(self, z: Tensor, indices: Tensor) -> None:

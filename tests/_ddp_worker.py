@@ -20,7 +20,7 @@ import quantizers.functional as Fq
 from quantizers.vq import VectorQuantizer
 from vqbench.cli import main as cli_main
 from vqbench.config import resolve_config
-from vqbench.runner import Trainer
+from vqbench.training import Trainer
 
 # Small enough for seconds on 2 shared cores: 64 train images, global batch 16 (8 per rank).
 SMALL = ["data.limit=64", "data.test_limit=32", "train.batch_size=16", "train.eval_batch_size=32",

@@ -1,4 +1,4 @@
-"""GM-VQ's Triton kernels (quantizers/gmvq_triton.py) against the plain path, on the CPU
+"""GM-VQ's Triton kernels (quantizers/kernels/triton.py) against the plain path, on the CPU
 through Triton's interpreter: same π, indices, sample and gradients, given the kernels'
 own Gumbel noise. Sizes are not multiples of the tiles, so the masks are exercised.
 
@@ -15,7 +15,7 @@ assert os.environ.get("TRITON_INTERPRET") == "1", "run through tests/test_gmvq_t
 triton = pytest.importorskip("triton")
 
 import quantizers.functional as Fq  # noqa: E402
-from quantizers.gmvq_triton import gumbel_noise, triton_posterior_sample  # noqa: E402
+from quantizers.kernels.triton import gumbel_noise, posterior_sample  # noqa: E402
 
 N, C, L = 100, 80, 8  # K = 2L = 16, the smallest tl.dot size
 
@@ -48,7 +48,7 @@ def leaves(*tensors):
 @pytest.mark.parametrize("sample", [True, False])
 @pytest.mark.parametrize("probs_grad", ["full", "per-code", "none"])
 def test_kernels_match_the_plain_path(sample, probs_grad, wide, monkeypatch):
-    import quantizers.gmvq_triton as kernels
+    import quantizers.kernels.triton as kernels
 
     if wide:
         monkeypatch.setattr(kernels, "WIDE_FROM", 0)
@@ -64,7 +64,7 @@ def test_kernels_match_the_plain_path(sample, probs_grad, wide, monkeypatch):
     for run in ("triton", "plain"):
         zz, ww, mm = leaves(z, weights, codebook)
         if run == "triton":
-            probs, centre, indices, ent = triton_posterior_sample(zz, ww, mm, tau, sample, seed=seed)
+            probs, centre, indices, ent = posterior_sample(zz, ww, mm, tau, sample, seed=seed)
         else:
             probs, centre, indices, ent = reference(zz, ww, mm, tau, noise, sample)
         loss = (centre * up_centre).sum() + ((probs * up_probs).sum() if up_probs is not None else 0.0)
@@ -90,12 +90,12 @@ def test_the_noise_is_fresh_per_seed_and_gumbel_distributed():
 
 
 def test_gmvq_kernel_option_trains_through_the_kernels():
-    """``GMVQ(kernel="triton")``: a training forward and backward through the kernels gives
+    """``GMVQ(backend="triton")``: a training forward and backward through the kernels gives
     finite gradients everywhere and the same posterior as the PyTorch path (π has no noise)."""
     from quantizers.gmvq import GMVQ
 
     torch.manual_seed(0)
-    q = GMVQ(C, L, kernel="triton")
+    q = GMVQ(C, L, backend="triton")
     q.init_codebook(torch.randn(4 * C, L) * 0.5, generator=torch.Generator().manual_seed(0))
     torch_path = GMVQ(C, L)
     torch_path.load_state_dict(q.state_dict())
@@ -108,5 +108,5 @@ def test_gmvq_kernel_option_trains_through_the_kernels():
         assert torch.isfinite(zz.grad).all() and all(torch.isfinite(p.grad).all() for p in module.parameters())
         outs.append(out)
     assert torch.allclose(outs[0].probs, outs[1].probs, rtol=1e-5, atol=1e-7)
-    with pytest.raises(ValueError, match="kernel must be torch or triton"):
-        GMVQ(C, L, kernel="cuda")
+    with pytest.raises(ValueError, match="backend must be one of auto, reference, fused, triton"):
+        GMVQ(C, L, backend="cuda")

@@ -21,7 +21,7 @@ def test_example_script_prints_both_counterexamples() -> None:
 
 def test_theory_subcommand() -> None:
     # Loaded from its file: the CLI package itself is assembled on main.
-    spec = importlib.util.spec_from_file_location("theory", REPO_ROOT / "vqbench" / "commands" / "theory.py")
+    spec = importlib.util.spec_from_file_location("theory", REPO_ROOT / "vqbench" / "cli" / "theory.py")
     theory = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(theory)
     parser = argparse.ArgumentParser(prog="vqbench")

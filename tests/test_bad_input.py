@@ -78,7 +78,9 @@ def _cases(d: str) -> dict[str, tuple[list[str], str]]:
         "unknown matmul precision": ([*tiny, "train.matmul_precision=tf32"],
                                      "train.matmul_precision must be highest, high or medium"),
         "results folder is a file": ([*tiny, f"results={d}/a-file"], "cannot write the results folder"),
-        "Triton kernels on a CPU": ([*tiny, "quantizer.kernel=triton"], "kernel='triton' needs a CUDA device"),
+        "Triton kernels on a CPU": ([*tiny, "quantizer.backend=triton"], "backend='triton' needs a CUDA device"),
+        "precision option on the reference path": ([*tiny, "quantizer.backend=reference", "quantizer.logit_matmul=3xtf32"],
+                                                   "logit_matmul applies to the fast backends (fused, triton) only"),
         "--device and device= disagree": ([*tiny, "device=cuda"], "--device cpu and device=cuda both set device"),
     }
 

@@ -17,9 +17,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from vqbench import distributed
-from vqbench.commands.run import _argv_without_nproc
+from vqbench.cli.run import _argv_without_nproc
 from vqbench.errors import UserError
+from vqbench.training import ddp as distributed
 
 REPO = Path(__file__).resolve().parents[1]
 JOB_TIMEOUT_S = 240
@@ -78,7 +78,7 @@ def test_two_ranks_of_batch_b_match_one_process_of_batch_2b(job):
     """vqvae after 6 steps (k-means init, AdamW, warm-up): 2 × 8 vs 1 × 16, same seed."""
     from _ddp_worker import SMALL  # noqa: PLC0415 - the same configuration as the ranks
     from vqbench.config import resolve_config
-    from vqbench.runner import Trainer
+    from vqbench.training import Trainer
 
     ddp = job.load("vqvae", 0)
     assert_bitwise_equal(ddp["state"], job.load("vqvae", 1)["state"])

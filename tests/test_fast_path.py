@@ -1,9 +1,10 @@
 """The fast path computes the same function as the plain path (issue: GM-VQ nearly free).
 
-GM-VQ's fused posterior + Gumbel straight-through Function (``quantizers/fused.py``) against
-the plain reference path (``fused=False``), with the same seed: same indices, values and
-gradients to relative error 1e-5 in fp32 and 1e-2 under bf16 autocast, for the layer and
-for one full training step of the real conv32 autoencoder. CPU, a few seconds.
+GM-VQ's fused posterior + Gumbel straight-through Function (``quantizers/kernels/fused.py``,
+``backend="fused"``) against the plain reference path (``backend="reference"``), with the
+same seed: same indices, values and gradients to relative error 1e-5 in fp32 and 1e-2 under
+bf16 autocast, for the layer and for one full training step of the real conv32 autoencoder.
+CPU, a few seconds.
 """
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import copy
 import pytest
 import torch
 
-import quantizers.functional as Fq
+import quantizers.kernels.precision as Fp
 from quantizers.gmvq import GMVQ
 from vqbench.config import resolve_config
 from vqbench.errors import UserError
-from vqbench.runner import Trainer, compile_model, to_float_images
+from vqbench.data import to_float_images
+from vqbench.training import Trainer, compile_model
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -33,7 +35,7 @@ def layer_pair(latreg: str, weight_head: bool, codes: int = 128, dim: int = 16):
             fast.weight_head.weight.normal_(0.0, 0.2)
     fast.init_codebook(torch.randn(4 * codes, dim) * 0.5, generator=torch.Generator().manual_seed(0))
     plain = copy.deepcopy(fast)
-    plain.fused = False
+    plain.backend = "reference"
     return fast, plain
 
 
@@ -116,10 +118,10 @@ def test_fused_backward_holds_fewer_tensors():
 def test_training_step_fast_matches_plain(amp, tol):
     """One step of the real conv32 autoencoder: same loss, same gradients everywhere."""
     results = []
-    for fused in (True, False):
+    for backend in ("fused", "reference"):
         cfg = resolve_config("gmvq", "cifar10-tiny", None, [
             "device=cpu", "train.batch_size=16", "train.kmeans_init=false", f"train.amp={amp}",
-            f"quantizer.fused={str(fused).lower()}", "quantizer.num_codes=64", "model.channels=16",
+            f"quantizer.backend={backend}", "quantizer.num_codes=64", "model.channels=16",
             "model.res_blocks=1", "out=/tmp/vqbench-test-fast-path"])
         trainer = Trainer(cfg, log=lambda line: None)
         trainer.setup_optimization()
@@ -164,10 +166,10 @@ def test_bf16_backward_is_within_the_reduced_precision_bar():
 
 def test_round_mantissa_keeps_ten_bits_to_nearest():
     x = torch.tensor([1.0 + 2**-10, 1.0 + 2**-11, 1.0 + 3 * 2**-11, 1.0 + 2**-11 + 2**-20, -3.0e-7])
-    y = Fq.round_mantissa(x, 10)
+    y = Fp.round_mantissa(x, 10)
     assert y.tolist()[:4] == [1.0 + 2**-10, 1.0, 1.0 + 2**-9, 1.0 + 2**-10]  # ties to even, else nearest
     assert float(y[4]) == pytest.approx(-3.0e-7, rel=2**-10)
-    assert torch.equal(Fq.round_mantissa(y, 10), y)  # TF32 values are fixed points
+    assert torch.equal(Fp.round_mantissa(y, 10), y)  # TF32 values are fixed points
 
 
 def test_3xtf32_split_is_fp32_accurate_and_one_tf32_product_is_not():
@@ -180,15 +182,15 @@ def test_3xtf32_split_is_fp32_accurate_and_one_tf32_product_is_not():
         w = fast.precision_weights(z)
         a, b = torch.cat([w * z, w], -1), torch.cat([fast.codebook, -0.5 * fast.codebook**2], -1)
         ref = a.double() @ b.double().t()
-        parts = [Fq.round_mantissa(t, 10) for t in (a, b)]
-        lows = [Fq.round_mantissa(t - p, 10) for t, p in zip((a, b), parts)]
+        parts = [Fp.round_mantissa(t, 10) for t in (a, b)]
+        lows = [Fp.round_mantissa(t - p, 10) for t, p in zip((a, b), parts)]
         split = parts[0].double() @ parts[1].double().t() + parts[0].double() @ lows[1].double().t() \
             + lows[0].double() @ parts[1].double().t()
         one = parts[0].double() @ parts[1].double().t()
         fp32 = (a @ b.t()).double()
     err = lambda x: float((x - ref).abs().max())  # noqa: E731
     assert err(split) <= err(fp32) and err(one) > 50 * err(fp32)
-    assert torch.allclose(Fq.matmul_3xtf32(a, b.t()).double(), ref, rtol=0, atol=4 * err(fp32))
+    assert torch.allclose(Fp.matmul_3xtf32(a, b.t()).double(), ref, rtol=0, atol=4 * err(fp32))
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -207,6 +209,6 @@ def test_the_triton_kernel_takes_only_the_dims_it_was_fitted_for(dim):
     shared memory (benchmarks/triton_fit.py: L = 128 spills)."""
     from quantizers.gmvq import GMVQ
 
-    with pytest.raises(ValueError, match=r"kernel='triton' needs dim in 8, 16, 32, 64, got"):
-        GMVQ(16, dim, kernel="triton")
+    with pytest.raises(ValueError, match=r"backend='triton' needs dim in 8, 16, 32, 64, got"):
+        GMVQ(16, dim, backend="triton")
     GMVQ(16, dim)  # the PyTorch path takes any dim

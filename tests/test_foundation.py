@@ -11,7 +11,7 @@ from quantizers import Quantizer, QuantizerOutput
 from vqbench import UserError, build_quantizer, fit, list_quantizers, register_quantizer, resolve_config
 from vqbench.data import load_dataset
 from vqbench.registry import get_quantizer_entry
-from vqbench.runner import lr_factor, steady_throughput
+from vqbench.training import lr_factor, steady_throughput
 
 from conftest import fast_overrides, run_cli, shared_data_or_skip
 
@@ -37,7 +37,7 @@ def test_every_table1_method_is_registered_with_citation_and_paper_numbers():
 
 def test_list_quantizers_wildcard():
     assert set(list_quantizers("gmvq*")) == {"gmvq", "gmvq-bound", "gmvq-entropy"}
-    assert set(list_quantizers("vqvae-l2*")) == {"vqvae-l2", "vqvae-l2-replace"}
+    assert set(list_quantizers("vqvae-l2*")) == {"vqvae-l2", "vqvae-l2-replace", "vqvae-l2-rotation"}
 
 
 def test_unknown_name_suggests_close_match():

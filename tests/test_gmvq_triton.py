@@ -36,7 +36,7 @@ def _triton_fit():
     return triton_fit
 
 
-@pytest.mark.parametrize("dim", [8, 64])  # the smallest and largest L that kernel="triton" accepts
+@pytest.mark.parametrize("dim", [8, 64])  # the smallest and largest L that backend="triton" accepts
 def test_kernels_compile_for_a100_and_h100_within_registers_and_shared_memory(dim):
     """The interpreter checks neither: the first design compiled to 352 KiB of shared memory
     on sm_90 (227 KiB allowed), which fails at launch, and a 2-return helper did not compile."""
@@ -47,7 +47,7 @@ def test_kernels_compile_for_a100_and_h100_within_registers_and_shared_memory(di
 
 
 def test_the_fit_check_rejects_tiles_that_do_not_fit(monkeypatch):
-    import quantizers.gmvq_triton as kernels
+    import quantizers.kernels.triton as kernels
 
     triton_fit = _triton_fit()
     monkeypatch.setitem(kernels.FORWARD, 9, ((128, 64), 8))

@@ -67,7 +67,7 @@ def test_residual_index_names_the_sum_of_stage_codes():
 @pytest.mark.parametrize("name", LUCID)
 def test_adapter_trains_on_cifar10_tiny(name, tmp_path):
     from vqbench.config import resolve_config
-    from vqbench.runner import fit
+    from vqbench.training import fit
 
     cfg = resolve_config(name, "cifar10-tiny", None, [
         "train.max_steps=20", "train.batch_size=32", "train.kmeans_samples=512", "quantizer.num_codes=256",

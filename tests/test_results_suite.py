@@ -8,14 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import vqbench.runner as runner
+import vqbench.training as runner
 from vqbench.config import config_hash, resolve_config
 from vqbench.errors import UserError
-from vqbench.plots import pareto_front, plot_runs
 from vqbench.registry import registry_document
-from vqbench.results import append_row, load_results
-from vqbench.suite import plan_suite, run_suite
-from vqbench.table import build_table1, to_markdown
+from vqbench.results import build_table1, plan_suite, run_suite, to_markdown
+from vqbench.results.plots import pareto_front, plot_runs
+from vqbench.rows import append_row, load_results
 
 TINY = ["train.max_steps=3", "train.batch_size=32", "train.kmeans_samples=512", "quantizer.num_codes=32",
         "device=cpu"]

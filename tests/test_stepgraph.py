@@ -1,4 +1,4 @@
-"""The whole-step CUDA graph (``train.cuda_graph``, vqbench/stepgraph.py) on the CPU.
+"""The whole-step CUDA graph (``train.cuda_graph``, vqbench/training/graph.py) on the CPU.
 
 CI has no GPU, so the graph itself is replaced by an eager stand-in with the same contract
 (capture records without running, replay runs the recorded step on the static index buffer,
@@ -17,8 +17,8 @@ import torch
 from vqbench.config import config_hash, resolve_config
 from vqbench.errors import UserError
 from vqbench.registry import build_quantizer
-from vqbench.runner import Trainer
-from vqbench.stepgraph import EAGER_STEPS, GraphedStep, check_cuda_graph
+from vqbench.training import Trainer
+from vqbench.training.graph import EAGER_STEPS, GraphedStep, check_cuda_graph
 from vqbench.training import lrs_as_tensors
 
 
@@ -69,7 +69,7 @@ def test_graphed_steps_are_the_plain_steps(tmp_path, quantizer):
     graphed = make_trainer(tmp_path / "b", quantizer)
     lrs_as_tensors(graphed.optimizer, graphed.device)
     backend = EagerGraph(graphed.optimizer)
-    graphed.graphed_step = GraphedStep(graphed, backend=backend)
+    graphed.graphed_step = GraphedStep(graphed.stepper, backend=backend)
     for step, ((la, ma, ta), (lb, mb, tb)) in enumerate(zip(expected, run(graphed))):
         # lr as an fp32 tensor vs a Python float: AdamW rounds differently in the last bits.
         assert torch.allclose(la, lb, rtol=1e-4), (step, float(la), float(lb))
@@ -93,7 +93,7 @@ def test_the_captured_lr_follows_any_scheduler(tmp_path, as_tensors):
     trainer = make_trainer(tmp_path)
     if as_tensors:
         lrs_as_tensors(trainer.optimizer, trainer.device)
-    trainer.graphed_step = GraphedStep(trainer, backend=EagerGraph(trainer.optimizer))
+    trainer.graphed_step = GraphedStep(trainer.stepper, backend=EagerGraph(trainer.optimizer))
     idx = torch.arange(16)
     for _ in range(EAGER_STEPS + 1):  # capture converts float lrs to tensors
         trainer.step_batch(idx)

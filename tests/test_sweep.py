@@ -18,7 +18,7 @@ from conftest import run_cli
 from vqbench.config import config_hash
 from vqbench.errors import UserError
 from vqbench.sweep import TrialObjective, available_sweeps, load_sweep, open_study, report, sweep
-from vqbench.sweep_storage import budget, make_storage, recover_lost_trials, worker_identity
+from vqbench.sweep.storage import budget, make_storage, recover_lost_trials, worker_identity
 
 TINY = ["device=cpu", "data.limit=32", "data.test_limit=16", "model.channels=4", "model.res_blocks=0",
         "model.latent_dim=4", "quantizer.num_codes=8", "train.kmeans_samples=64", "train.max_steps=2",

@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO_ROOT
 from test_sweep import check_study, tiny
 from vqbench.sweep import sweep
-from vqbench.sweep_storage import with_driver
+from vqbench.sweep.storage import with_driver
 
 pytestmark = pytest.mark.postgres
 

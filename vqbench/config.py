@@ -61,7 +61,7 @@ class TrainConfig:
     # max-autotune-no-cudagraphs. See docs/performance.md.
     compile: str = "none"
     # The whole step (gather, forward, backward, AdamW) replayed as one CUDA graph; CUDA
-    # only, with compile none/default/max-autotune-no-cudagraphs. vqbench/stepgraph.py.
+    # only, with compile none/default/max-autotune-no-cudagraphs. vqbench/training/graph.py.
     cuda_graph: bool = False
     # torch.set_float32_matmul_precision: highest (exact fp32), high (TF32 on tensor cores:
     # the quantizer's fp32 distance matmuls get ≈ 7× faster on an H100, 10-bit mantissa).
@@ -79,7 +79,7 @@ class RunConfig:
     device: str = "auto"
     out: str = "runs"
     name: Optional[str] = None  # run folder name; default <quantizer>-<dataset>-<config hash>
-    results: Optional[str] = "results"  # folder of tidy result rows (vqbench.results); null: none
+    results: Optional[str] = "results"  # folder of tidy result rows (vqbench.rows); null: none
 
 
 # Keys that say where and how a run is stored, not what it computes: left out of the hash

@@ -1,6 +1,6 @@
 """Datasets as uint8 image tensors (N, 3, H, W); pixels become [0, 1] floats per batch.
 
-Holding whole splits as uint8 lets the runner keep CIFAR-10 on the GPU (150 MB) and batch
+Holding whole splits as uint8 lets the trainer keep CIFAR-10 on the GPU (150 MB) and batch
 by indexing, with no DataLoader. MSE is always reported on the [0, 1] scale.
 """
 from __future__ import annotations
@@ -29,6 +29,12 @@ class ImageData:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train.shape[1:])
+
+
+def to_float_images(batch_u8: Tensor, channels_last: bool) -> Tensor:
+    """A uint8 batch as [0, 1] floats, channels_last in memory where asked."""
+    x = batch_u8.float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def _to_nchw(array: np.ndarray, where: str) -> Tensor:

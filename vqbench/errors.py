@@ -1,8 +1,16 @@
-"""User-facing errors: one clear line, exit status 2, never a traceback."""
+"""User-facing errors: one clear line, exit status 2, never a traceback.
+
+The library raises :class:`UserError`; the CLI, sweep workers and benchmark scripts report
+it with :func:`print_error`, the one place an ``error:`` line is written. Warnings read as
+one line too (:func:`one_line_warning`) and argparse mistakes as well (:class:`OneLineParser`).
+"""
 from __future__ import annotations
 
+import argparse
 import difflib
+import sys
 from collections.abc import Iterable
+from typing import NoReturn
 
 
 class UserError(Exception):
@@ -30,3 +38,21 @@ def suggest(name: str, choices: Iterable[str]) -> str:
     if close:
         return f"; did you mean {' or '.join(repr(c) for c in close)}?"
     return f"; choose from: {', '.join(choices)}" if choices else ""
+
+
+def print_error(message: str, prog: str = "vqbench") -> None:
+    """``PROG: error: MESSAGE`` on stderr: how every user mistake is reported."""
+    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+
+
+def one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:
+    """``warnings.formatwarning`` for users: ``vqbench: warning: MESSAGE``, no source line."""
+    return f"vqbench: warning: {message}\n"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage mistake as one line (exit 2), not usage + message."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        print_error(f"{message} (see {self.prog} --help)", self.prog)
+        raise SystemExit(2)

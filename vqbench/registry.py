@@ -8,11 +8,9 @@ lookup; one that fails to import is a warning, not a crash.
 from __future__ import annotations
 
 import fnmatch
-import importlib
 import inspect
 import os
 import warnings
-from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +20,7 @@ import yaml
 from quantizers.base import Quantizer
 
 from .errors import UserError, exception_line, first_line, suggest
+from .entry import QuantizerEntry
 
 REGISTRY_YAML = Path(__file__).resolve().parent / "registry.yaml"
 ENTRY_POINT_GROUP = "vqbench.quantizers"
@@ -38,38 +37,6 @@ class PluginUnavailable(ImportError):
     Its entries are then left out of :func:`list_quantizers` without a warning, and asking for
     one by name is a :class:`UserError` carrying this exception's message (say what to install).
     """
-
-
-@dataclass
-class QuantizerEntry:
-    name: str
-    target: str | type  # "module:Class" or the class itself
-    defaults: dict[str, Any] = field(default_factory=dict)
-    citation: str = ""
-    table1_row: str | None = None
-    paper: dict[str, dict[str, float]] = field(default_factory=dict)
-    source: str = "builtin"  # for people: "builtin", "entry point DIST VERSION", "YAML file PATH", ...
-    origin: dict[str, Any] = field(default_factory=lambda: {"kind": "builtin"})  # the same, for machines
-
-    @property
-    def target_name(self) -> str:
-        """``module:Class`` whether or not the class has been imported yet."""
-        return self.target if isinstance(self.target, str) else f"{self.target.__module__}:{self.target.__qualname__}"
-
-    def load_class(self) -> type:
-        if isinstance(self.target, type):
-            return self.target
-        module_name, _, attr = self.target.partition(":")
-        try:
-            obj = importlib.import_module(module_name)
-            for part in attr.split("."):
-                obj = getattr(obj, part)
-        except (ImportError, AttributeError) as exc:
-            raise UserError(f"quantizer {self.name!r} ({self.source}) cannot load {self.target}: {exc}") from exc
-        if not (isinstance(obj, type) and issubclass(obj, Quantizer)):
-            raise UserError(f"quantizer {self.name!r}: {self.target} is not a Quantizer subclass")
-        self.target = obj
-        return obj
 
 
 _QUANTIZERS: dict[str, QuantizerEntry] = {}
@@ -246,47 +213,9 @@ def unavailable_quantizers() -> dict[str, str]:
     return dict(_UNAVAILABLE)
 
 
-def constructor_defaults(cls: type) -> dict[str, Any]:
-    """Keyword parameters of ``cls.__init__`` with their defaults (``inspect.Parameter.empty`` if none)."""
-    params = inspect.signature(cls.__init__).parameters
-    return {n: p.default for n, p in params.items()
-            if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-
-
-def coerce_value(qname: str, key: str, value: Any, default: Any) -> Any:
-    """Bring a config value to the type of the constructor default, or say why not."""
-    if default is inspect.Parameter.empty or default is None or value is None:
-        return value
-    kind = type(default)
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-    elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif isinstance(value, kind):
-        return value
-    raise UserError(f"quantizer {qname!r}: {key} must be a {kind.__name__}, got {value!r}")
-
-
 def resolve_quantizer_kwargs(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Constructor defaults ← registry defaults ← overrides, checked and typed."""
-    entry = get_quantizer_entry(name)
-    signature = constructor_defaults(entry.load_class())
-    merged = {k: v for k, v in signature.items() if v is not inspect.Parameter.empty}
-    for source in (entry.defaults, overrides or {}):
-        for key, value in source.items():
-            if key not in signature:
-                raise UserError(
-                    f"quantizer {name!r} has no option {key!r}{suggest(key, signature)}"
-                )
-            merged[key] = coerce_value(name, key, value, signature[key])
-    return merged
+    return get_quantizer_entry(name).options(overrides)
 
 
 def build_quantizer(name: str, **kwargs: Any) -> Quantizer:

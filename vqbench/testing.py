@@ -8,6 +8,9 @@ Use it from your own pytest suite::
         check_quantizer(MyQuantizer)            # a class: built as MyQuantizer(num_codes=16, dim=8)
         check_quantizer("my-vq")                # or a registered name (registry defaults apply)
 
+A quantizer may implement ``quantize(z)`` or ``forward(z)`` on flat (N, D) vectors (the base
+class handles layouts either way); the checks are the same for both styles.
+
 Each check fails with an ``AssertionError`` that says which part of the contract broke
 (:class:`quantizers.base.Quantizer`): shapes and dtypes for (B, D, H, W) and (N, D) inputs,
 integer code indices in range, a finite scalar loss and detached logging terms, ``probs``
@@ -31,7 +34,8 @@ __all__ = ["check_quantizer", "runner_optimizer", "runner_step"]
 
 
 def runner_optimizer(q: Quantizer, extra: Any = (), lr: float = 1e-2) -> torch.optim.Optimizer:
-    """AdamW as ``vqbench.runner`` builds it: base lr × ``lr_scale``, per-group weight decay."""
+    """AdamW as the trainer builds it (``vqbench.training.optim``): base lr × ``lr_scale``,
+    per-group weight decay."""
     from .training import quantizer_param_groups
 
     weight_decay = 0.01  # AdamW's default, which this helper has always used

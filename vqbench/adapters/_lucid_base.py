@@ -2,7 +2,7 @@
 
 Every adapter hands the upstream module our flat (N, D) latents as one sequence (1, N, D),
 returns hard codes (``probs=None``: test perplexity then comes from the code histogram, the
-same rule the runner applies to every method without a posterior) and exposes the effective
+same rule the evaluation applies to every method without a posterior) and exposes the effective
 (C, D) codebook in latent space, projections included.
 """
 from __future__ import annotations

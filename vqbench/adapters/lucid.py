@@ -19,7 +19,9 @@ from torch import Tensor
 import quantizers.functional as Fq
 from quantizers.base import QuantizerOutput
 
-from ._lucid_base import LucidAdapter, as_sequence, hard_output, log2_exact, vqp, write_ema_codebook
+from ._lucid_base import LucidAdapter, as_sequence, hard_output, log2_exact, write_ema_codebook
+
+import vector_quantize_pytorch as vqp  # noqa: E402 (importing _lucid_base checked it is installed)
 
 # Mentzer et al. 2024 (FSQ, ICLR), Table 1: recommended levels for a target codebook size.
 FSQ_PAPER_LEVELS = {2**8: [8, 6, 5], 2**10: [8, 5, 5, 5], 2**12: [7, 5, 5, 5, 5],

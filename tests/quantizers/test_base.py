@@ -1,0 +1,167 @@
+"""quantizers/base.py: forward-style and quantize-style subclasses, the shared codebook
+(CodebookQuantizer, k-means by type), and the AnnealedQuantizer + CodebookQuantizer mixins."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import quantizers.functional as Fq
+from quantizers import AnnealedQuantizer, CodebookQuantizer, Quantizer, QuantizerOutput
+from quantizers.gmvq import GMVQ
+from quantizers.gumbel import GumbelQuantizer
+from quantizers.sqvae import SQVAE
+from quantizers.vq import VectorQuantizer
+from vqbench.testing import check_quantizer
+
+PLUGINS_MD = Path(__file__).resolve().parents[2] / "docs" / "plugins.md"
+
+
+def nearest_code(z, codes):
+    idx = torch.cdist(z, codes).argmin(-1)
+    e = codes[idx]
+    return QuantizerOutput(z_q=z + (e - z).detach(), loss=F.mse_loss(e, z.detach()) + F.mse_loss(z, e.detach()),
+                           indices=idx)
+
+
+class ForwardStyle(CodebookQuantizer):
+    seen: list = []
+
+    def forward(self, z):
+        type(self).seen.append(tuple(z.shape))
+        return nearest_code(z, self.codebook)
+
+
+class QuantizeStyle(CodebookQuantizer):
+    def quantize(self, z):
+        return nearest_code(z, self.codebook)
+
+
+@pytest.mark.parametrize("cls", [ForwardStyle, QuantizeStyle])
+def test_both_styles_build_pass_the_kit_and_take_both_layouts(cls):
+    check_quantizer(cls)
+    q = cls(num_codes=8, dim=4)
+    for shape in [(2, 4, 3, 5), (7, 4)]:
+        out = q(torch.randn(*shape))
+        assert out.z_q.shape == shape and out.indices.shape == (shape[0], *shape[2:])
+    assert q.quantize(torch.randn(7, 4)).indices.shape == (7,)  # forward-style: quantize is its forward
+
+
+def test_a_forward_style_forward_receives_flat_vectors():
+    ForwardStyle.seen.clear()
+    ForwardStyle(num_codes=8, dim=4)(torch.randn(2, 4, 3, 5))
+    assert ForwardStyle.seen == [(30, 4)]
+
+
+def test_a_forward_style_subclass_can_wrap_its_parent_forward():
+    class Scaled(ForwardStyle):
+        def forward(self, z):
+            out = super().forward(z)
+            out.loss = 2 * out.loss
+            return out
+
+    q, parent = Scaled(num_codes=8, dim=4), ForwardStyle(num_codes=8, dim=4)
+    parent.load_state_dict(q.state_dict())
+    z = torch.randn(2, 4, 3, 3)
+    torch.testing.assert_close(q(z).loss, 2 * parent(z).loss)
+    assert q(z).z_q.shape == z.shape
+
+
+def test_a_forward_below_a_quantize_style_class_is_an_ordinary_override():
+    class Logged(QuantizeStyle):
+        def forward(self, z_e):
+            assert z_e.dim() == 4  # sees the input as given
+            return super().forward(z_e)
+
+    assert Logged.quantize is QuantizeStyle.quantize
+    assert Logged(num_codes=8, dim=4)(torch.randn(2, 4, 3, 3)).indices.shape == (2, 3, 3)
+
+
+def test_a_quantizer_with_neither_method_is_refused_by_name_and_abstract_bases_are_fine():
+    class Neither(CodebookQuantizer):  # an abstract base of one's own may be defined
+        pass
+
+    with pytest.raises(TypeError, match=r"Neither implements neither quantize\(z\) nor forward\(z\)"):
+        Neither(num_codes=8, dim=4)
+
+    class Concrete(Neither):
+        def forward(self, z):
+            return nearest_code(z, self.codebook)
+
+    check_quantizer(Concrete)
+
+
+@pytest.mark.parametrize("style", ["Quantize-style", "Forward-style"])
+def test_the_plugin_guide_examples_of_both_styles_conform(style):
+    """docs/plugins.md shows one example of each style; both run as written."""
+    text = PLUGINS_MD.read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text[text.index(style):], re.S)
+    namespace: dict = {}
+    exec(compile(blocks[0], str(PLUGINS_MD), "exec"), namespace)  # noqa: S102 - our own docs
+    cls = next(v for k, v in namespace.items() if isinstance(v, type) and k.startswith("My"))
+    check_quantizer(cls)
+
+
+@torch.no_grad()
+def test_kmeans_init_targets_a_codebook_quantizer_by_type_not_by_attribute_name():
+    samples = torch.randn(256, 4)
+
+    class NamedLikeIt(Quantizer):  # a parameter called `embedding`, but no CodebookQuantizer
+        def __init__(self, num_codes=8, dim=4):
+            super().__init__(num_codes, dim)
+            self.embedding = nn.Parameter(torch.zeros(num_codes, dim))
+
+        @property
+        def codebook(self):
+            return self.embedding
+
+        def quantize(self, z):
+            return nearest_code(z, self.codebook)
+
+    other = NamedLikeIt()
+    other.init_codebook(samples, torch.Generator().manual_seed(0))
+    assert torch.equal(other.embedding, torch.zeros(8, 4)) and other.codebook_parameter() is None
+
+    q = QuantizeStyle(num_codes=8, dim=4)
+    assert q.codebook_parameter() is q.embedding
+    q.init_codebook(samples, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(q.embedding, Fq.kmeans(samples, 8, generator=torch.Generator().manual_seed(0)),
+                               rtol=0, atol=0)
+
+
+def test_annealed_and_codebook_mixins_combine_in_the_stochastic_quantizers():
+    for cls in (GMVQ, SQVAE, GumbelQuantizer):
+        assert cls.__mro__.index(AnnealedQuantizer) < cls.__mro__.index(CodebookQuantizer) \
+            < cls.__mro__.index(Quantizer)
+        q = cls(num_codes=16, dim=4)
+        q.set_progress(1.0)  # AnnealedQuantizer's schedule
+        assert float(q.tau) == pytest.approx(0.1)
+        assert q.codebook is q.embedding and q.codebook_parameter() is q.embedding
+    assert issubclass(VectorQuantizer, CodebookQuantizer) and not issubclass(VectorQuantizer, AnnealedQuantizer)
+
+
+@pytest.mark.parametrize("cls, keys", [
+    (GMVQ, ["embedding", "tau", "precision_scale", "calibrated", "weight_head.weight", "weight_head.bias"]),
+    (SQVAE, ["embedding", "log_var", "tau"]),
+    (GumbelQuantizer, ["embedding", "tau", "proj.weight", "proj.bias"]),
+    (VectorQuantizer, ["embedding"]),
+])
+def test_checkpoint_keys_and_the_seeded_initial_weights_are_unchanged(cls, keys):
+    """The codebook keeps its state_dict key, and a seed draws the same weights in the same
+    order as before the shared codebook (Gumbel draws its projection first)."""
+    torch.manual_seed(0)
+    q = cls(num_codes=16, dim=4)
+    assert list(q.state_dict()) == keys
+    torch.manual_seed(0)
+    if cls is GumbelQuantizer:
+        proj = nn.Linear(4, 16)
+    expected = torch.randn(16, 4) / 2.0
+    assert torch.equal(q.embedding, expected)
+    if cls is GumbelQuantizer:
+        assert torch.equal(q.proj.weight, proj.weight) and torch.equal(q.proj.bias, proj.bias)
+    if cls is GMVQ:  # the precision head's default init draws right after the codebook
+        assert torch.equal(q.weight_head.weight, torch.zeros(4, 4))

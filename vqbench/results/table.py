@@ -1,0 +1,156 @@
+"""Table 1 of the GM-VQ paper with our numbers beside the paper's.
+
+Rows in the paper's order (the order of ``registry.yaml``'s quantizers that carry a
+``table1_row``), columns CIFAR10 / CelebA × MSE (×10⁻³) / perplexity: ours, the paper's
+(``paper:`` of each registry entry) and ours − paper. Per column one recipe is shown: the
+given suite's runs, else the recipe (``recipe_id`` of the result rows) that covers most of
+Table 1's methods. Several seeds are averaged (± their standard deviation). A method
+without a finished run says so; nothing is filled in. Where the recipe is not the paper's
+§5.1 one, the heading says how it differs.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from ..registry import get_quantizer_entry, registry_document
+
+COLUMNS = {"cifar10": "CIFAR10", "celeba": "CelebA"}
+# The paper's §5.1 recipe, for the heading's "differs from the paper" note.
+PAPER = {"epochs": 100, "batch_size": 256, "lr": {"cifar10": 1e-2, "celeba": 1e-4},
+         "train_images": {"cifar10": 50000}, "test_images": {"cifar10": 10000}, "num_codes": 1024}
+
+
+@dataclass
+class Table1:
+    frame: pd.DataFrame  # one row per Table 1 method, flat columns
+    headings: dict[str, str] = field(default_factory=dict)  # column -> recipe note
+
+    def title(self) -> str:
+        lines = ["Table 1 (GM-VQ paper): test MSE (x1e-3) and perplexity, ours beside the paper's"]
+        lines += [f"{COLUMNS[d]}: {note}" for d, note in self.headings.items()]
+        return "\n".join(lines)
+
+
+def table1_methods() -> list[tuple[str, str]]:
+    """(quantizer name, Table 1 row label) in the paper's order."""
+    return [(name, spec["table1_row"]) for name, spec in registry_document()["quantizers"].items()
+            if spec.get("table1_row")]
+
+
+def recipe_differences(row: pd.Series, dataset: str) -> list[str]:
+    """How a run's recipe differs from the paper's §5.1 one (empty: it is the paper's)."""
+    cfg = json.loads(row["config"])
+    diffs = []
+    if cfg["data"]["name"] != dataset:
+        diffs.append(f"images from {row['recipe'].split(':')[0]}")
+    if row["epochs"] != PAPER["epochs"] or cfg["train"].get("max_steps"):
+        diffs.append(f"{row['steps']} steps = {row['epochs']} epoch(s) (paper: {PAPER['epochs']} epochs)")
+    for key in ("train_images", "test_images"):
+        expected = PAPER[key].get(dataset)
+        if expected and row[key] != expected:
+            diffs.append(f"{row[key]} {key.split('_')[0]} images (paper: {expected})")
+    if cfg["data"].get("limit") or cfg["data"].get("test_limit"):
+        diffs.append("a subset of the images (data.limit / data.test_limit)")
+    if row["batch_size"] != PAPER["batch_size"]:
+        diffs.append(f"batch {row['batch_size']} (paper: {PAPER['batch_size']})")
+    if abs(row["lr"] - PAPER["lr"][dataset]) > 1e-12:
+        diffs.append(f"lr {row['lr']:g} (paper: {PAPER['lr'][dataset]:g})")
+    if row["num_codes"] != PAPER["num_codes"]:
+        diffs.append(f"{row['num_codes']} codes (paper: {PAPER['num_codes']})")
+    return list(dict.fromkeys(diffs))
+
+
+def _pick_recipe(rows: pd.DataFrame, names: set[str]) -> str | None:
+    """The recipe covering most Table 1 methods (ties: the most recently finished)."""
+    done = rows[(rows["status"] == "finished") & rows["quantizer"].isin(names)]
+    if done.empty:
+        return None
+    cover = done.groupby("recipe_id").agg(n=("quantizer", "nunique"), last=("finished_at", "max"))
+    return cover.sort_values(["n", "last"], ascending=False).index[0]
+
+
+def _cell(values: pd.Series, scale: float, digits: int) -> tuple[float | None, str]:
+    if values.empty:
+        return None, ""
+    mean = float(values.mean()) * scale
+    text = f"{mean:.{digits}f}"
+    if len(values) > 1:
+        text += f" ±{float(values.std()) * scale:.{digits}f} (n={len(values)})"
+    return mean, text
+
+
+def build_table1(results: pd.DataFrame, suite: str | None = None) -> Table1:
+    """Table 1 from merged result rows (:func:`vqbench.rows.load_results`)."""
+    methods = table1_methods()
+    names = {n for n, _ in methods}
+    chosen: dict[str, pd.DataFrame] = {}
+    headings: dict[str, str] = {}
+    if "paper_dataset" not in results:
+        results = results.assign(paper_dataset=None)
+    if suite is not None:
+        from .suite import suite_hashes
+
+        results = results[results["config_hash"].isin(suite_hashes(suite))]  # once, not per column
+    for dataset in COLUMNS:
+        rows = results[results["paper_dataset"] == dataset]
+        recipe = _pick_recipe(rows, names)
+        if recipe is None:
+            chosen[dataset] = rows.iloc[0:0]
+            headings[dataset] = "no finished runs" + (f" of suite {suite}" if suite else "")
+            continue
+        rows = rows[rows["recipe_id"] == recipe]
+        chosen[dataset] = rows
+        sample = rows[rows["status"] == "finished"].iloc[-1]
+        diffs = recipe_differences(sample, dataset)
+        headings[dataset] = (f"the paper's recipe ({sample['recipe']})" if not diffs else
+                             f"NOT the paper's recipe: {'; '.join(diffs)} [{sample['recipe']}]")
+
+    records = []
+    for name, label in methods:
+        paper = get_quantizer_entry(name).paper
+        record: dict[str, object] = {"method": label, "quantizer": name}
+        for dataset, col in COLUMNS.items():
+            rows = chosen[dataset]
+            mine = rows[rows["quantizer"] == name]
+            done = mine[mine["status"] == "finished"]
+            ref = paper.get(dataset, {})
+            mse, mse_text = _cell(done["mse"], 1e3, 2)
+            ppl, ppl_text = _cell(done["perplexity"], 1.0, 1)
+            if done.empty:
+                mse_text = ppl_text = "failed" if len(mine) else "no run"
+            record[f"{col} MSE"] = mse_text
+            record[f"{col} MSE paper"] = ref.get("mse_e3")
+            record[f"{col} MSE diff"] = None if mse is None or "mse_e3" not in ref else round(mse - ref["mse_e3"], 2)
+            record[f"{col} ppl"] = ppl_text
+            record[f"{col} ppl paper"] = ref.get("perplexity")
+            record[f"{col} ppl diff"] = None if ppl is None or "perplexity" not in ref else round(ppl - ref["perplexity"], 1)
+        records.append(record)
+    return Table1(pd.DataFrame(records), headings)
+
+
+def to_markdown(table: Table1) -> str:
+    frame = table.frame.drop(columns=["quantizer"])
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "|".join("---" if c == "method" else "---:" for c in frame.columns) + "|"
+    body = []
+    for _, row in frame.iterrows():
+        cells = [_format(c, v) for c, v in row.items()]
+        body.append("| " + " | ".join(cells) + " |")
+    notes = "\n".join(f"> {line}" for line in table.title().splitlines())
+    return "\n".join([notes, "", header, rule, *body])
+
+
+def _format(column: str, value: object) -> str:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return ""
+    if not isinstance(value, (int, float)):
+        return str(value)
+    digits = 2 if "MSE" in column else 1  # the paper's precision
+    return f"{value:+.{digits}f}" if "diff" in column else f"{value:.{digits}f}"
+
+
+def to_csv(table: Table1) -> str:
+    return table.frame.to_csv(index=False)
