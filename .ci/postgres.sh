@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A throwaway PostgreSQL server for the sweep tests (tests/test_sweep_postgres.py).
+# A throwaway PostgreSQL server for the sweep tests (tests/vqbench/sweep/test_storage.py).
 #
 #   eval "$(.ci/postgres.sh)"     # in .ci/run, before pytest
 #
@@ -9,6 +9,9 @@
 # database vqbench_test, and prints two export lines on stdout:
 #   VQBENCH_TEST_POSTGRES_URL   postgresql://postgres@127.0.0.1:PORT/vqbench_test
 #   VQBENCH_TEST_POSTGRES_DATA  the data folder (`pg_ctl -D DATA stop` ends the server)
+#   VQBENCH_TEST_PGCTL          pg_ctl for this server, as a command prefix: append `stop -m fast`
+#                               or `start` (it carries the data folder, log and start options);
+#                               the restart test (tests/vqbench/sweep/test_postgres_restart.py) uses it
 # Everything else goes to stderr. Exits non-zero, saying why, if no server could start.
 set -euo pipefail
 
@@ -37,10 +40,11 @@ fi
 "${AS[@]}" "$BIN/initdb" -D "$DATA/db" -A trust -U postgres --no-sync >"$DATA/initdb.log" 2>&1 \
   || { cat "$DATA/initdb.log" >&2; exit 1; }
 # fsync off: a test database need not survive a power cut, and it makes trials faster.
-"${AS[@]}" "$BIN/pg_ctl" -D "$DATA/db" -l "$DATA/server.log" -w -t 60 \
-  -o "-h 127.0.0.1 -p $PORT -k $DATA -c fsync=off -c max_connections=200" start >&2 \
-  || { cat "$DATA/server.log" >&2; exit 1; }
+PGCTL=("${AS[@]}" "$BIN/pg_ctl" -D "$DATA/db" -l "$DATA/server.log" -w -t 60
+       -o "-h 127.0.0.1 -p $PORT -k $DATA -c fsync=off -c max_connections=200")
+"${PGCTL[@]}" start >&2 || { cat "$DATA/server.log" >&2; exit 1; }
 "${AS[@]}" "$BIN/createdb" -h 127.0.0.1 -p "$PORT" -U postgres vqbench_test >&2
 echo "postgres.sh: server up on 127.0.0.1:$PORT (data $DATA)" >&2
 echo "export VQBENCH_TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:$PORT/vqbench_test"
 echo "export VQBENCH_TEST_POSTGRES_DATA=$DATA/db"
+echo "export VQBENCH_TEST_PGCTL=$(printf '%q' "$(printf '%q ' "${PGCTL[@]}")")"

@@ -1,4 +1,4 @@
-"""Fast path = plain path, on any device (the CUDA half of ``tests/test_fast_path.py``;
+"""Fast path = plain path, on any device (the CUDA half of ``tests/quantizers/test_kernels.py``;
 needs no pytest, so it runs on a bare GPU machine from ``gpu_check.sh``).
 
     python benchmarks/check_equivalence.py --device cuda

@@ -7,7 +7,7 @@ registers per thread and register spills (``ptxas -v``, the ptxas bundled with T
 
 A kernel that needs more shared memory than an SM block may have fails at launch ("out of
 resources"); one that spills registers runs, slowly. The Triton interpreter, which the tests
-use on the CPU, checks neither. ``tests/test_gmvq_triton.py`` asserts that every kernel fits
+use on the CPU, checks neither. ``tests/quantizers/test_kernels.py`` asserts that every kernel fits
 with no spills.
 """
 from __future__ import annotations

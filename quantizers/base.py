@@ -3,7 +3,10 @@
 A quantizer maps encoder outputs ``z_e`` of shape (B, D, H, W) or (N, D) to ``z_q`` of the
 same shape and returns a :class:`QuantizerOutput`. A subclass implements *either*
 ``quantize(z)`` or ``forward(z)`` (the PyTorch habit); either way the method receives flat
-(N, D) vectors and :meth:`Quantizer.forward` handles the layouts, in one place.
+(N, D) vectors and :meth:`Quantizer.forward` handles the layouts, in one place. The way back,
+:meth:`Quantizer.embed`, turns codes into the eval-mode ``z_q`` (layouts handled beside
+``forward``'s; a subclass overrides ``dequantize`` on flat codes where its default, the rows
+of the effective ``codebook``, is not how its eval ``z_q`` is computed).
 :class:`CodebookQuantizer` owns a learnable (C, D) codebook (k-means initialises it);
 :class:`AnnealedQuantizer` a Gumbel temperature schedule. The two combine as mixins.
 """
@@ -121,6 +124,23 @@ class Quantizer(nn.Module, abc.ABC):
         if out.probs is not None:
             out.probs = out.probs.reshape(b, h, w, -1)
         return out
+
+    def embed(self, indices: Tensor) -> Tensor:
+        """Codes → the eval-mode ``z_q`` they stand for: (B, H, W) → (B, D, H, W), (N,) → (N, D),
+        so ``embed(q(z).indices)`` is ``q(z).z_q`` in eval (up to the straight-through rounding)."""
+        if indices.dim() not in (1, 3) or indices.is_floating_point() or indices.is_complex() \
+                or indices.dtype == torch.bool:
+            raise ValueError(f"expected integer codes (N,) or (B, H, W), got {indices.dtype} {tuple(indices.shape)}")
+        flat = indices.reshape(-1).long()
+        if flat.numel() and not (0 <= int(flat.min()) and int(flat.max()) < self.num_codes):
+            raise ValueError(f"codes must be in [0, {self.num_codes}), got [{int(flat.min())}, {int(flat.max())}]")
+        z_q = self.dequantize(flat)
+        return z_q if indices.dim() == 1 else rearrange(z_q, "(b h w) d -> b d h w", b=indices.shape[0],
+                                                         h=indices.shape[1], w=indices.shape[2])
+
+    def dequantize(self, indices: Tensor) -> Tensor:
+        """The eval-mode z_q (N, D) of valid codes (N,), long: rows of the effective ``codebook``."""
+        return F.embedding(indices, self.codebook)
 
     # --- hooks ---------------------------------------------------------------------
     def codebook_parameter(self) -> nn.Parameter | None:

@@ -138,6 +138,11 @@ class FSQ(Quantizer):
         """Integer grid points (…, d) in [−⌊L/2⌋, ⌈L/2⌉ − 1] → mixed-radix indices (…,), long."""
         return ((levels_int.long() + self.half_width.long()) * self.basis).sum(-1)
 
+    def dequantize(self, indices: Tensor) -> Tensor:
+        """The grid points of ``indices`` through ``project_out``, in fp32, as :meth:`quantize`'s z_q."""
+        with torch.autocast(indices.device.type, enabled=False):
+            return self.project_out(self.implicit_codebook[indices])
+
     def quantize(self, z: Tensor) -> QuantizerOutput:
         with torch.autocast(z.device.type, enabled=False):  # fp32: see the module docstring
             bounded = self.bound(self.project_in(z.float()))

@@ -39,6 +39,17 @@ def straight_through(z: Tensor, z_q: Tensor) -> Tensor:
     return z + (z_q - z).detach()
 
 
+def rotation_trick(e: Tensor, q: Tensor) -> Tensor:
+    """Forward value q, backward through sg(λR) e instead of the straight-through copy (Fifty
+    et al. 2024 §4.2): R = I − 2rrᵀ + 2q̂êᵀ, r = (ê + q̂)/‖ê + q̂‖ rotates e's direction ê to
+    q's q̂ and λ = ‖q‖/‖e‖, both constants; computed as λ(e − 2(e·r)r + 2(e·ê)q̂) without R."""
+    e_hat, q_hat = l2_normalize(e).detach(), l2_normalize(q).detach()
+    r = l2_normalize(e_hat + q_hat)
+    lam = (q.norm(dim=-1, keepdim=True) / e.norm(dim=-1, keepdim=True).clamp_min(1e-12)).detach()
+    rotated = lam * (e - 2 * (e * r).sum(-1, keepdim=True) * r + 2 * (e * e_hat).sum(-1, keepdim=True) * q_hat)
+    return rotated + (q - rotated).detach()  # the value is exactly q's, as the STE's
+
+
 def gumbel_noise(like: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """i.i.d. Gumbel(0, 1) noise shaped like ``like`` (−log(−log U), U kept off 0 and 1)."""
     u = torch.rand(like.shape, dtype=like.dtype, device=like.device, generator=generator)
@@ -122,6 +133,19 @@ def histogram_perplexity(counts: Tensor) -> Tensor:
     if total <= 0:
         return counts.new_tensor(1.0)
     return perplexity(counts / total)
+
+
+def ema_(average: Tensor, value: Tensor, decay: float) -> Tensor:
+    """In place, the exponential moving average a ← γa + (1 − γ)v (van den Oord et al. 2017
+    App. A.1 eqs. 6–7, γ = ``decay``); returns ``average``."""
+    return average.mul_(decay).add_(value, alpha=1 - decay)
+
+
+def laplace_smoothed(counts: Tensor, eps: float) -> Tensor:
+    """Ñ_c = (N_c + ε)/(ΣN + Cε) · ΣN: no count is 0 and the total is kept (Sonnet's VQ-VAE EMA;
+    Razavi et al. 2019), so m_c / Ñ_c is defined for a code no vector chose."""
+    total = counts.sum()
+    return (counts + eps) / (total + counts.numel() * eps) * total
 
 
 def l2_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:

@@ -111,6 +111,11 @@ class BinaryQuantizer(Quantizer):
         batch = Fq.entropy(q_batch.reshape(-1, 2**self.group_size)).sum()
         return per_sample, batch
 
+    def dequantize(self, indices: Tensor) -> Tensor:
+        """The corners of ``indices`` through ``project_out``, in fp32, as :meth:`quantize`'s z_q."""
+        with torch.autocast(indices.device.type, enabled=False):
+            return self.project_out(self.corners[indices])
+
     def quantize(self, z: Tensor) -> QuantizerOutput:
         with torch.autocast(z.device.type, enabled=False):  # signs, indices and entropies in fp32
             u = self.project_in(z.float())

@@ -23,7 +23,8 @@ K-th power). A stage may round its size (FSQ's levels): then C = ∏ stage sizes
 index is Σ_k i_k ∏_{l>k} C_l (stage 1 most significant) and the (C, D) ``codebook`` holds
 every sum of one code per stage, so ``codebook[index]`` is ẑ in eval, as the contract needs;
 :meth:`split_indices` gives the per-stage codes (…, K), :meth:`join_indices` reverses it,
-and :meth:`embed` turns per-stage codes (…, K) back into ẑ.
+and :meth:`embed` turns composite codes (N,) / (B, H, W), the contract's, or per-stage codes
+(N, K) / (B, H, W, K) back into ẑ, the sum of each stage's own ``dequantize``.
 
 The stages: ``stage`` is a Quantizer class, a factory ``(num_codes=, dim=, **stage_options)
 → Quantizer`` or a ``"module:Class"`` path. Registered *names* (``vqvae-l2``) live in vqbench's
@@ -42,7 +43,6 @@ import math
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Quantizer, QuantizerOutput
@@ -102,12 +102,23 @@ class ResidualQuantizer(Quantizer):
         """Per-stage codes (…, K) → composite indices (…,)."""
         return (codes.long() * self.radix).sum(-1)
 
-    def embed(self, codes: Tensor) -> Tensor:
-        """Per-stage codes → the eval-mode ẑ: (N, K) → (N, D), (B, H, W, K) → (B, D, H, W)."""
-        if codes.dim() not in (2, 4) or codes.shape[-1] != self.depth:
-            raise ValueError(f"expected per-stage codes (N, {self.depth}) or (B, H, W, {self.depth}), got {tuple(codes.shape)}")
-        z_q = sum(F.embedding(codes[..., k].long(), s.codebook) for k, s in enumerate(self.stages))
-        return z_q.permute(0, 3, 1, 2) if codes.dim() == 4 else z_q
+    def embed(self, indices: Tensor) -> Tensor:
+        """Codes → the eval-mode ẑ: composite (N,) → (N, D) and (B, H, W) → (B, D, H, W), as for
+        every quantizer, or per-stage (N, K) → (N, D) and (B, H, W, K) → (B, D, H, W)."""
+        if indices.dim() in (2, 4):
+            if indices.shape[-1] != self.depth or indices.is_floating_point():
+                raise ValueError(f"expected per-stage codes (N, {self.depth}) or (B, H, W, {self.depth}) or composite "
+                                 f"codes (N,) or (B, H, W), got {indices.dtype} {tuple(indices.shape)}")
+            codes = indices.long()
+            if codes.numel() and ((codes < 0) | (codes >= self.sizes.to(codes.device))).any():
+                raise ValueError(f"per-stage codes must be below the stage sizes {self.sizes.tolist()}")
+            indices = self.join_indices(codes)
+        return super().embed(indices)
+
+    def dequantize(self, indices: Tensor) -> Tensor:
+        """ẑ of composite codes (N,): the sum of every stage's eval z_q, in :meth:`quantize`'s order."""
+        codes = self.split_indices(indices)
+        return sum(s.dequantize(codes[:, k]) for k, s in enumerate(self.stages))
 
     @property
     def codebook(self) -> Tensor:

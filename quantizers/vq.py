@@ -65,16 +65,6 @@ from . import functional as Fq
 from .base import CodebookQuantizer, QuantizerOutput, check_positive
 
 
-def rotation_trick(e: Tensor, q: Tensor) -> Tensor:
-    """Forward value q, backward through sg(λR) e (Fifty et al. 2024 §4.2, module docstring),
-    computed as λ(e − 2(e·r)r + 2(e·ê)q̂) without forming R."""
-    e_hat, q_hat = Fq.l2_normalize(e).detach(), Fq.l2_normalize(q).detach()
-    r = Fq.l2_normalize(e_hat + q_hat)
-    lam = (q.norm(dim=-1, keepdim=True) / e.norm(dim=-1, keepdim=True).clamp_min(1e-12)).detach()
-    rotated = lam * (e - 2 * (e * r).sum(-1, keepdim=True) * r + 2 * (e * e_hat).sum(-1, keepdim=True) * q_hat)
-    return rotated + (q - rotated).detach()  # the value is exactly q's, as the STE's
-
-
 class VectorQuantizer(CodebookQuantizer):
     """Deterministic VQ with a learnable codebook (``vqvae`` and its Table 1 variants)."""
 
@@ -103,11 +93,10 @@ class VectorQuantizer(CodebookQuantizer):
         check_positive("sync_nu", sync_nu, allow_zero=True)
         if replace_window is not None and (int(replace_window) != replace_window or replace_window < 1):
             raise ValueError(f"replace_window must be a whole number ≥ 1 (or None to disable), got {replace_window!r}")
-        self.commitment, self.l2 = float(commitment), bool(l2)
+        self.commitment, self.l2, self.rotation = float(commitment), bool(l2), bool(rotation)
         self.replace_window = None if replace_window is None else int(replace_window)
         self.replace_noise, self.affine_lr = float(replace_noise), float(affine_lr)
         self.alternating, self.inner_lr, self.sync_nu = bool(alternating), float(inner_lr), float(sync_nu)
-        self.rotation = bool(rotation)
         if ema_decay is not None:
             if isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float)) or not 0 < ema_decay < 1:
                 raise ValueError(f"ema_decay must be in (0, 1) (or None: the codebook learns by gradient), got {ema_decay!r}")
@@ -119,11 +108,8 @@ class VectorQuantizer(CodebookQuantizer):
             self.register_buffer("ema_count", torch.ones(self.num_codes))
             self.register_buffer("ema_sum", self.embedding.detach().clone())
         self.ema_decay, self.ema_eps = (None if ema_decay is None else float(ema_decay)), float(ema_eps)
-        if affine:
-            self.affine_scale = nn.Parameter(torch.ones(self.dim))
-            self.affine_shift = nn.Parameter(torch.zeros(self.dim))
-        else:
-            self.affine_scale = self.affine_shift = None
+        self.affine_scale = nn.Parameter(torch.ones(self.dim)) if affine else None
+        self.affine_shift = nn.Parameter(torch.zeros(self.dim)) if affine else None
         if self.replace_window is not None:
             self.register_buffer("steps_unused", torch.zeros(self.num_codes, dtype=torch.long))
             # Codes used since the last optimiser step on this rank; reduced over ranks there.
@@ -132,9 +118,7 @@ class VectorQuantizer(CodebookQuantizer):
 
     # --- the effective codebook -----------------------------------------------------
     def _affine(self, raw: Tensor) -> Tensor:
-        if self.affine_scale is None:
-            return raw
-        return raw * self.affine_scale + self.affine_shift
+        return raw if self.affine_scale is None else raw * self.affine_scale + self.affine_shift
 
     def _compare(self, x: Tensor) -> Tensor:
         """The space the lookup happens in: unit sphere under ``l2``."""
@@ -146,8 +130,7 @@ class VectorQuantizer(CodebookQuantizer):
 
     @property
     def cuda_graph_safe(self) -> bool:
-        # OPT's inner step and dead-code replacement read the batch the forward kept in
-        # Python (and sync with the host): a replay would not refresh it.
+        # OPT's inner step and replacement read the batch the forward kept in Python (and sync): a replay would not.
         return not self.alternating and self.replace_window is None
 
     @torch.no_grad()
@@ -155,8 +138,7 @@ class VectorQuantizer(CodebookQuantizer):
         """Set the pre-normalisation effective codes of ``rows`` to ``values`` (shared by
         dead-code replacement and the alternating inner step)."""
         if self.affine_scale is not None:
-            scale = self.affine_scale
-            scale = torch.where(scale.abs() < 1e-8, torch.full_like(scale, 1e-8), scale)
+            scale = torch.where(self.affine_scale.abs() < 1e-8, torch.full_like(self.affine_scale, 1e-8), self.affine_scale)
             values = (values - self.affine_shift) / scale
         self.embedding[rows] = values.to(self.embedding.dtype)
         if self.ema_decay is not None:  # the written code is the row's average, counted once
@@ -181,20 +163,14 @@ class VectorQuantizer(CodebookQuantizer):
             terms["codebook"] = codebook_loss.detach()
         elif self.training:  # after the lookup: this batch is quantized with the codebook it saw
             self._ema_update(z_cmp.detach(), indices)
-        z_q = rotation_trick(z_cmp, z_c) if self.rotation else Fq.straight_through(z_cmp, z_c)
+        z_q = Fq.rotation_trick(z_cmp, z_c) if self.rotation else Fq.straight_through(z_cmp, z_c)
         if self.sync_nu > 0:
             z_q = z_q + self.sync_nu * (z_c - z_c.detach())
         if self.training and (self.alternating or self.replace_window is not None):
             self._last_batch = (z_cmp.detach(), indices.detach())
             if self.replace_window is not None:
                 self._used[indices] = 1
-        return QuantizerOutput(
-            z_q=z_q.to(z.dtype),
-            loss=loss,
-            terms=terms,
-            indices=indices,
-            probs=None,
-        )
+        return QuantizerOutput(z_q=z_q.to(z.dtype), loss=loss, terms=terms, indices=indices, probs=None)
 
     # --- hooks ----------------------------------------------------------------------
     @torch.no_grad()
@@ -228,12 +204,9 @@ class VectorQuantizer(CodebookQuantizer):
         stats = torch.zeros(self.num_codes, self.dim + 1, dtype=torch.float32, device=z.device)
         stats.index_add_(0, indices, torch.cat([z.float(), torch.ones_like(z[:, :1], dtype=torch.float32)], 1))
         Fd.all_reduce_sum_(stats)  # one collective: the global batch's per-code sums and counts
-        decay = self.ema_decay
-        self.ema_count.mul_(decay).add_(stats[:, -1], alpha=1 - decay)
-        self.ema_sum.mul_(decay).add_(stats[:, :-1], alpha=1 - decay)
-        total = self.ema_count.sum()
-        smoothed = (self.ema_count + self.ema_eps) / (total + self.num_codes * self.ema_eps) * total
-        self.embedding.copy_(self.ema_sum / smoothed[:, None])
+        Fq.ema_(self.ema_count, stats[:, -1], self.ema_decay)
+        Fq.ema_(self.ema_sum, stats[:, :-1], self.ema_decay)
+        self.embedding.copy_(self.ema_sum / Fq.laplace_smoothed(self.ema_count, self.ema_eps)[:, None])
 
     @torch.no_grad()
     def _inner_step(self, z: Tensor, indices: Tensor) -> None:

@@ -1,8 +1,11 @@
-"""One rank of the 2-process gloo job that tests/test_distributed.py starts with torchrun.
+"""One rank of the 2-process gloo job that tests/vqbench/training/test_ddp.py starts with torchrun.
 
 Runs every scenario in one job (process start-up dominates the cost) and saves what each
 rank ended with to OUT/<scenario>-rank<r>.pt; the test process compares them. Usage:
-``python -m torch.distributed.run --standalone --nproc-per-node 2 tests/_ddp_worker.py OUT``.
+``python -m torch.distributed.run --standalone --nproc-per-node 2 -m tests._ddp_worker OUT`` from
+the repository root. As a module, not a file: ``python tests/_ddp_worker.py`` would put tests/
+first on sys.path, where the test packages tests/vqbench and tests/quantizers would shadow the
+real ones.
 """
 from __future__ import annotations
 

@@ -84,6 +84,11 @@ def distributions(draw, max_c: int = 64, zeros: bool = True) -> torch.Tensor:
     return raw / raw.sum()
 
 
+def slack(*values: torch.Tensor) -> float:
+    """Rounding allowance for comparing bounds: 1e-9 relative to the largest value."""
+    return 1e-9 * (1 + max(float(v.abs().max()) for v in values))
+
+
 def magnitude(z: torch.Tensor, w: torch.Tensor, codebook: torch.Tensor) -> float:
     """Scale of the expanded-form weighted distance, for rounding tolerances."""
     z, w, codebook = z.detach(), w.detach(), codebook.detach()

@@ -2,7 +2,7 @@
 through Triton's interpreter: same π, indices, sample and gradients, given the kernels'
 own Gumbel noise. Sizes are not multiples of the tiles, so the masks are exercised.
 
-Run by ``tests/test_gmvq_triton.py`` in a fresh interpreter with ``TRITON_INTERPRET=1``
+Run by ``tests/quantizers/test_kernels.py`` in a fresh interpreter with ``TRITON_INTERPRET=1``
 from the start: Triton reads it when its own functions (``tl.rand``) are defined."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-assert os.environ.get("TRITON_INTERPRET") == "1", "run through tests/test_gmvq_triton.py"
+assert os.environ.get("TRITON_INTERPRET") == "1", "run through tests/quantizers/test_kernels.py"
 triton = pytest.importorskip("triton")
 
 import quantizers.functional as Fq  # noqa: E402

@@ -1,12 +1,19 @@
-"""Shared test fixtures: hypothesis profiles, the repo root, a CLI runner."""
+"""Shared test fixtures and helpers: hypothesis profiles, the repo root, a CLI runner, short
+training runs, this checkout's registry.yaml, and fake run summaries for the results store.
+
+``tests/`` and its folders are packages (each has an ``__init__.py``), so test modules are
+imported by their full names (``tests.vqbench.cli.test_run``) and may share a basename; helpers
+are imported the same way: ``from tests.conftest import run_cli``."""
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -66,3 +73,34 @@ def fast_overrides(out, steps: int = 10, **extra) -> list[str]:
     """KEY=VALUE overrides for a short training run writing under ``out``."""
     items = {**FAST_RUN, "out": str(out), "results": f"{out}/results", "train.max_steps": steps, **extra}
     return [f"{k}={v}" for k, v in items.items()]
+
+
+# The registry names of GM-VQ's Table 1 rows, in the paper's order.
+TABLE1_METHODS = ["vqvae", "vqvae-l2", "vqvae-replace", "vqvae-l2-replace", "vqvae-affine", "vqvae-opt",
+                  "vqvae-affine-opt", "sqvae", "gumbel-vqvae", "gmvq", "gmvq-entropy"]
+
+
+def registry_entries() -> dict:
+    """The ``quantizers:`` section of this checkout's registry.yaml, read as plain YAML."""
+    return yaml.safe_load((REPO_ROOT / "registry.yaml").read_text())["quantizers"]
+
+
+def build_registered(name: str, **overrides):
+    """The class that registry.yaml names for ``name`` (``module:Class``, through importlib, not
+    vqbench's registry), built with the entry's defaults under ``overrides``."""
+    entry = registry_entries()[name]
+    module, cls = entry["class"].split(":")
+    kwargs = {**entry.get("defaults", {}), **overrides}
+    return getattr(importlib.import_module(module), cls)(**kwargs)
+
+
+def fake_summary(cfg, mse=0.004, perplexity=100.0, epochs=100, steps=19500, train=50000, test=10000):
+    """A finished run's summary for ``cfg`` without training, for the results store's tests."""
+    from vqbench.config import config_hash
+
+    h = config_hash(cfg)
+    return {"run_id": f"{cfg.quantizer.name}-{cfg.data.name}-{h}-s{cfg.seed}", "config_hash": h,
+            "epochs": epochs, "steps": steps, "mse": mse, "perplexity": perplexity, "code_perplexity": 50.0,
+            "codes_used": 500, "num_codes": cfg.quantizer.num_codes, "train_images": train, "test_images": test,
+            "images_per_s": 1000.0, "wall_s": 1.0, "device_name": "cpu", "torch": "x", "vqbench": "0.1.0",
+            "run_dir": "nowhere"}

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .config_values import resolved as _resolved
 from .errors import UserError, first_line, suggest
 from .registry import registry_document, resolve_quantizer_kwargs
 
@@ -67,6 +69,10 @@ class TrainConfig:
     # the quantizer's fp32 distance matmuls get ≈ 7× faster on an H100, 10-bit mantissa).
     matmul_precision: str = "highest"
     checkpoint_every: Optional[int] = None  # also every K steps (epoch ends always)
+    # none, or tensorboard: scalars per epoch and a reconstruction grid every log_images_every
+    # epochs (and the last) in RUN/tb/ (pip install 'vqbench[tensorboard]'); metrics.jsonl either way.
+    log: str = "none"
+    log_images_every: int = 10
 
 
 @dataclass
@@ -86,7 +92,7 @@ class RunConfig:
 # (so a resumed run may change them and still find its run folder).
 _NOT_HASHED = ("out", "name", "device", "results")
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision
-_NOT_HASHED_TRAIN = ("checkpoint_every", "cuda_graph")  # cuda_graph: the same step, replayed
+_NOT_HASHED_TRAIN = ("checkpoint_every", "cuda_graph", "log", "log_images_every")  # cuda_graph: the same step, replayed
 
 
 def parse_overrides(overrides: list[str]) -> DictConfig:
@@ -96,7 +102,7 @@ def parse_overrides(overrides: list[str]) -> DictConfig:
             raise UserError(f"override {item!r} is not KEY=VALUE (e.g. train.epochs=3)")
     try:
         return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as exc:
+    except (OmegaConfBaseException, yaml.YAMLError, ValueError) as exc:  # YAML: `x=[`, a control character
         raise UserError(f"cannot parse overrides: {first_line(exc)}") from exc
 
 
@@ -113,6 +119,8 @@ def _merge(base: DictConfig, update: Any, where: str) -> DictConfig:
         if exc.__class__.__name__ == "ValidationError" and key:
             expected = _EXPECTED.get(_node_kind(base, str(key)), "another type")
             raise UserError(f"{key} must be {expected}, got {getattr(exc, 'value', None)!r} (in {where})") from exc
+        raise UserError(f"bad value in {where}: {first_line(exc)}") from exc
+    except (TypeError, ValueError) as exc:  # e.g. a list where a mapping of keys belongs
         raise UserError(f"bad value in {where}: {first_line(exc)}") from exc
 
 
@@ -144,6 +152,8 @@ def _check_ranges(cfg: DictConfig) -> None:
         (t.amp in ("auto", "bf16", "none"), "train.amp must be auto, bf16 or none"),
         (t.matmul_precision in MATMUL_PRECISIONS, "train.matmul_precision must be highest, high or medium"),
         (t.checkpoint_every is None or t.checkpoint_every >= 1, "train.checkpoint_every must be ≥ 1"),
+        (t.log in ("none", "tensorboard"), "train.log must be none or tensorboard"),
+        (t.log_images_every >= 1, "train.log_images_every must be ≥ 1 (epochs)"),
         (cfg.model.latent_dim >= 1, "model.latent_dim must be ≥ 1"),
         (cfg.model.channels >= 1, "model.channels must be ≥ 1"),
         (cfg.model.res_blocks >= 0, "model.res_blocks must be ≥ 0"),
@@ -178,7 +188,7 @@ def resolve_config(
         named["model"] = {"name": model}
     cfg = _merge(cfg, named, "the command line")
     dotlist = parse_overrides(overrides or [])
-    cfg = _merge(cfg, dotlist, "the overrides")
+    cfg = _resolved(_merge(cfg, dotlist, "the overrides"))
 
     doc = registry_document()
     datasets, models = doc.get("datasets", {}), doc.get("models", {})
@@ -188,8 +198,8 @@ def resolve_config(
     if dataset_spec.get("defaults"):
         # The dataset's recipe sits under everything the user said (base, flags, overrides).
         user = _merge(_merge(OmegaConf.create(base or {}), named, "the command line"), dotlist, "the overrides")
-        cfg = _merge(_merge(OmegaConf.structured(RunConfig), dataset_spec["defaults"], "registry.yaml"),
-                     user, "the configuration")
+        cfg = _resolved(_merge(_merge(OmegaConf.structured(RunConfig), dataset_spec["defaults"], "registry.yaml"),
+                               user, "the configuration"))
     if cfg.model.name is None:
         cfg.model.name = dataset_spec["model"]
     if cfg.model.name not in models:
@@ -214,11 +224,15 @@ def resolve_config(
 
 def load_config_file(path: str | Path) -> DictConfig:
     try:
-        return OmegaConf.load(path)
+        cfg = OmegaConf.load(path)
     except FileNotFoundError as exc:
         raise UserError(f"config file {path} does not exist") from exc
     except Exception as exc:
         raise UserError(f"config file {path} cannot be read: {first_line(exc)}") from exc
+    if not isinstance(cfg, DictConfig):
+        raise UserError(f"config file {path} must map config keys to values (e.g. train: {{epochs: 3}}), "
+                        f"not hold a {type(cfg).__name__}")
+    return cfg
 
 
 def config_hash(cfg: DictConfig) -> str:

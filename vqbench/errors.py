@@ -19,6 +19,19 @@ class UserError(Exception):
     exit_code = 2
 
 
+class WriteFailed(UserError):
+    """A file could not be written (disk full, I/O error, read-only disk). Not the user's
+    mistake, so exit 1 (the command was right, the machine failed it, as a diverged run is
+    exit 1), but reported as one: one line naming the file and the reason, no traceback."""
+
+    exit_code = 1
+
+    def __init__(self, path, exc: OSError) -> None:
+        self.path, self.errno = path, exc.errno
+        super().__init__(f"could not write {path}: {exc.strerror or first_line(exc)}; "
+                         "the files written before it are intact")
+
+
 def first_line(exc: BaseException) -> str:
     """An exception's first non-blank message line, or its type's name when it has none."""
     text = str(exc).strip().splitlines()
@@ -41,13 +54,19 @@ def suggest(name: str, choices: Iterable[str]) -> str:
 
 
 def print_error(message: str, prog: str = "vqbench") -> None:
-    """``PROG: error: MESSAGE`` on stderr: how every user mistake is reported."""
-    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    """``PROG: error: MESSAGE`` on stderr: how every user mistake is reported; on one line,
+    whatever the message carries (a user's argument with a newline in it is shown escaped)."""
+    print(f"{prog}: error: {one_line(message)}", file=sys.stderr, flush=True)
+
+
+def one_line(text: str) -> str:
+    """``text`` with line breaks and other control characters escaped (``\\n``, ``\\x00``)."""
+    return "".join(ch if ch.isprintable() or ch == " " else ascii(ch)[1:-1] for ch in str(text).strip())
 
 
 def one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:
     """``warnings.formatwarning`` for users: ``vqbench: warning: MESSAGE``, no source line."""
-    return f"vqbench: warning: {message}\n"
+    return f"vqbench: warning: {one_line(message)}\n"
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -44,6 +44,7 @@ _UNAVAILABLE: dict[str, str] = {}  # name -> why (a plugin raised PluginUnavaila
 _YAML_CACHE: dict[str, Any] | None = None
 _loaded = False
 _loaded_files: set[Path] = set()
+_SUITES: dict[str, dict[str, Any]] = {}  # suites: of registry YAML files (the built-in ones stay in the document)
 
 
 def reset_registry() -> None:
@@ -52,6 +53,7 @@ def reset_registry() -> None:
     _QUANTIZERS.clear()
     _UNAVAILABLE.clear()
     _loaded_files.clear()
+    _SUITES.clear()
     _loaded = False
 
 
@@ -92,7 +94,7 @@ def _entries_from_yaml(doc: dict[str, Any], source: str, origin: dict[str, Any])
 
 
 def add_registry_file(path: str | os.PathLike) -> None:
-    """Register the ``quantizers:`` entries of a user YAML file (same shape as registry.yaml)."""
+    """Register the ``quantizers:`` entries and ``suites:`` of a user YAML file (same shape as registry.yaml)."""
     path = Path(path).expanduser().resolve()
     if path in _loaded_files:
         return
@@ -107,7 +109,13 @@ def add_registry_file(path: str | os.PathLike) -> None:
     if not isinstance(doc.get("quantizers") or {}, dict):
         raise UserError(f"registry file {path}: 'quantizers:' must map names to {{class: module:Class}}")
     entries = _entries_from_yaml(doc, f"YAML file {path}", {"kind": "yaml", "path": str(path)})
+    suites = doc.get("suites") or {}
+    if not isinstance(suites, dict) or not all(isinstance(v, dict) for v in suites.values()):
+        raise UserError(f"registry file {path}: 'suites:' must map names to {{dataset: ..., quantizers: [...]}}")
     _ensure_loaded()
+    taken = [str(n) for n in suites if str(n) in registry_suites()]
+    if taken:
+        raise UserError(f"registry file {path}: suite {taken[0]!r} is already defined; rename it")
     before = dict(_QUANTIZERS)
     try:
         for entry in entries:
@@ -116,7 +124,14 @@ def add_registry_file(path: str | os.PathLike) -> None:
         _QUANTIZERS.clear()
         _QUANTIZERS.update(before)  # a file registers all of its entries or none
         raise
+    _SUITES.update({str(name): dict(spec) for name, spec in suites.items()})
     _loaded_files.add(path)
+
+
+def registry_suites() -> dict[str, dict[str, Any]]:
+    """Every suite: registry.yaml's and those of registry YAML files (``--registry``, ``VQBENCH_REGISTRY``)."""
+    _ensure_loaded()
+    return {**(registry_document().get("suites") or {}), **_SUITES}
 
 
 def _entry_points() -> list[metadata.EntryPoint]:

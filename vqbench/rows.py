@@ -9,7 +9,8 @@ file. :func:`load_results` merges the files into one pandas DataFrame on read
 Columns: run id, config hash, the quantizer and its hyperparameters (``hparams`` as
 JSON, and one ``q.<key>`` column per scalar hyperparameter, e.g. ``q.beta``), dataset,
 model, seed, epochs, steps, the test metrics, throughput, wall time and the environment
-(device name, torch, vqbench, git revision). ``recipe`` and ``recipe_id`` say how the run
+(device name, torch, vqbench, git revision). Metrics (``METRICS``): mse, perplexity,
+code_perplexity, codes_used, and psnr, ssim, usage (absent, so None, in rows from before them). ``recipe`` and ``recipe_id`` say how the run
 was trained apart from the quantizer and seed, so that :mod:`vqbench.results.table` can put runs
 of one recipe side by side; ``paper_dataset`` says which Table 1 column a run belongs to.
 """
@@ -31,7 +32,7 @@ from .registry import registry_document
 from .rundir import writable_dir, write_atomic
 
 ROWS = "rows"
-METRICS = ("mse", "perplexity", "code_perplexity", "codes_used")
+METRICS = ("mse", "perplexity", "code_perplexity", "codes_used", "psnr", "ssim", "usage")
 # Where and how a run is stored, and what varies between the runs of one recipe.
 _NOT_RECIPE = ("out", "name", "device", "results", "seed", "quantizer")
 

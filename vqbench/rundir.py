@@ -4,6 +4,7 @@ killed run never leaves a half-written summary or checkpoint behind, and the rea
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -14,9 +15,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .config import config_hash
-from .errors import UserError
+from .errors import UserError, WriteFailed
 
 CHECKPOINT = "checkpoint.pt"
+PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"  # the one before: resume falls back to it
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -36,17 +38,34 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, write, mode: str) -> None:
-    """``write(fh)`` into a temporary file, fsync, rename over ``path``, fsync the folder.
+def write_atomic(path: Path, write, mode: str, before_replace=None) -> None:
+    """``write(fh)`` into memory, then into a temporary file, fsync, rename over ``path``,
+    fsync the folder; ``before_replace()`` runs between the fsync and the rename (the
+    checkpoint rotation).
 
     The temporary name carries pid and time, so concurrent writers of one path (sweep
-    workers writing result rows) never share it."""
+    workers writing result rows, two suites training one run) never share it. Serialising
+    first keeps encoder errors apart from I/O errors: a failed write (disk full, EIO)
+    removes its temporary file, leaves ``path`` and everything else as it was, and is one
+    :class:`WriteFailed` line."""
+    buffer = io.BytesIO() if "b" in mode else io.StringIO()
+    write(buffer)
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    with open(tmp, mode) as fh:
-        write(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, mode) as fh:
+            fh.write(buffer.getvalue())
+            fh.flush()
+            os.fsync(fh.fileno())
+        if before_replace is not None:
+            before_replace()
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise WriteFailed(path, exc) from exc
     _fsync_dir(path.parent)
 
 

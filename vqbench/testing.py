@@ -16,7 +16,7 @@ Each check fails with an ``AssertionError`` that says which part of the contract
 integer code indices in range, a finite scalar loss and detached logging terms, ``probs``
 that sum to one, gradients to the encoder and to every trainable quantizer parameter, a
 codebook that moves under the runner's training step, deterministic eval whose outputs
-are codebook rows, a ``state_dict``
+are codebook rows, ``embed(indices)`` giving back the eval ``z_q``, a ``state_dict``
 round trip into a fresh instance, bf16 autocast, and (where CUDA exists) device moves that
 carry all state; tensors kept outside parameters and buffers are flagged on any machine.
 """
@@ -154,6 +154,14 @@ def check_quantizer(cls_or_name: type | str, *, num_codes: int = 16, dim: int = 
     # `codebook` is what the decoder's inputs are drawn from: eval outputs are its rows.
     torch.testing.assert_close(a.z_q.permute(0, 2, 3, 1), q.codebook.detach()[a.indices], rtol=1e-4, atol=1e-5,
                                msg=lambda m: f"{label}: in eval, z_q must be codebook[indices]; {m}")
+    # And back: embed(indices) is the eval z_q of those codes, in both layouts.
+    with torch.no_grad():
+        back, flat_back = q.embed(a.indices), q.embed(a.indices.reshape(-1))
+    assert back.shape == z.shape and flat_back.shape == (18, dim), \
+        f"{label}: embed must map (B, H, W) to (B, D, H, W) and (N,) to (N, D)"
+    torch.testing.assert_close(back.to(a.z_q.dtype), a.z_q, rtol=1e-4, atol=1e-5,
+                               msg=lambda m: f"{label}: in eval, embed(indices) must be z_q; {m}")
+    assert torch.equal(flat_back, back.permute(0, 2, 3, 1).reshape(-1, dim)), f"{label}: embed's layouts disagree"
 
     fresh = make().to(device)
     fresh.load_state_dict(copy.deepcopy(q.state_dict()))

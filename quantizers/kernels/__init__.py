@@ -1,6 +1,6 @@
 """Speed, never new math: GM-VQ's posterior and Gumbel straight-through sample (paper eqs.
 16–17 and §3.3.2) by faster backends, each tested equal to the reference path written out in
-:mod:`quantizers.gmvq` (``tests/test_fast_path.py``, ``tests/test_gmvq_triton.py``).
+:mod:`quantizers.gmvq` (``tests/quantizers/test_kernels.py``).
 
 - ``fused`` (:mod:`.fused`): one autograd Function in PyTorch, far fewer N×C passes and
   stored tensors; the same noise draws as the reference path, so the same samples.

@@ -25,7 +25,7 @@ function touching each N×C tensor as few times as it can:
 
 The noise is drawn exactly as :func:`functional.gumbel_noise` draws it (one ``torch.rand``
 of N×C float32), so with the same seed both paths sample the same codes;
-``tests/test_fast_path.py`` checks values, indices and gradients against the reference path.
+``tests/quantizers/test_kernels.py`` checks values, indices and gradients against the reference path.
 """
 from __future__ import annotations
 

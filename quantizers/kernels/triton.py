@@ -5,7 +5,7 @@ this backend is used.
 
 The same function as :mod:`.fused` but for the noise (Philox noise drawn in the kernels, so
 other samples than the PyTorch paths' for the same seed); ∂a and ∂b are the two GEMMs of
-:func:`.precision.logit_input_grads`, as in the fused path. ``tests/test_gmvq_triton.py`` checks
+:func:`.precision.logit_input_grads`, as in the fused path. ``tests/quantizers/test_kernels.py`` checks
 it under ``TRITON_INTERPRET=1`` against the reference path given the same noise
 (:func:`gumbel_noise`).
 """
@@ -22,7 +22,7 @@ from .precision import logit_input_grads
 # Tiles (latents × codes), warps and pipeline stages per kernel and GPU generation (compute
 # capability major; Hopper's values for newer ones and the interpreter): the largest that
 # compile without register spills and within shared memory (benchmarks/triton_fit.py, which
-# tests/test_gmvq_triton.py runs for sm_80 and sm_90 on any machine).
+# tests/quantizers/test_kernels.py runs for sm_80 and sm_90 on any machine).
 FORWARD = {8: ((64, 16), 4), 9: ((64, 32), 4)}
 LOGIT_GRAD = {8: ((32, 64), 8), 9: ((32, 64), 8)}
 STAGES = 2

@@ -1,7 +1,9 @@
 """quantizers/base.py: forward-style and quantize-style subclasses, the shared codebook
-(CodebookQuantizer, k-means by type), and the AnnealedQuantizer + CodebookQuantizer mixins."""
+(CodebookQuantizer, k-means by type), the AnnealedQuantizer + CodebookQuantizer mixins and the
+τ schedule, and bad hyperparameters refused in one line (check_positive) across the families."""
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from quantizers.gmvq import GMVQ
 from quantizers.gumbel import GumbelQuantizer
 from quantizers.sqvae import SQVAE
 from quantizers.vq import VectorQuantizer
+from tests.conftest import build_registered as build
 from vqbench.testing import check_quantizer
 
 PLUGINS_MD = Path(__file__).resolve().parents[2] / "docs" / "plugins.md"
@@ -165,3 +168,29 @@ def test_checkpoint_keys_and_the_seeded_initial_weights_are_unchanged(cls, keys)
         assert torch.equal(q.proj.weight, proj.weight) and torch.equal(q.proj.bias, proj.bias)
     if cls is GMVQ:  # the precision head's default init draws right after the codebook
         assert torch.equal(q.weight_head.weight, torch.zeros(4, 4))
+
+
+@pytest.mark.parametrize("name, bad", [
+    ("vqvae-replace", {"replace_window": 0}), ("vqvae-replace", {"replace_window": -3}),
+    ("vqvae-replace", {"replace_noise": -0.1}), ("vqvae", {"commitment": -1.0}),
+    ("vqvae-affine", {"affine_lr": 0.0}), ("vqvae-opt", {"inner_lr": -1.0}),
+    ("vqvae-opt", {"sync_nu": -0.2}), ("vqvae-l2", {"num_codes": 0}),
+    ("sqvae", {"tau_end": 0.0}), ("sqvae", {"log_var_init": float("nan")}),
+    ("gumbel-vqvae", {"kl_weight": -5e-4}), ("gumbel-vqvae", {"num_codes": 0}),
+])
+def test_bad_hyperparameters_are_rejected_in_one_line(name, bad):
+    with pytest.raises(ValueError) as err:
+        build(name, **{"num_codes": 8, "dim": 4, **bad})
+    assert "\n" not in str(err.value) and next(iter(bad)) in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["gumbel-vqvae", "sqvae"])
+def test_temperature_anneals_two_to_a_tenth_and_is_checkpointed(name):
+    q = build(name, num_codes=8, dim=4)
+    q.set_progress(0.0)
+    assert float(q.tau) == pytest.approx(2.0)
+    q.set_progress(0.5)
+    assert float(q.tau) == pytest.approx(math.sqrt(2.0 * 0.1))
+    q.set_progress(1.0)
+    assert float(q.tau) == pytest.approx(0.1)
+    assert "tau" in q.state_dict()

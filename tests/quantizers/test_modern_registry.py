@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import fast_overrides
+from tests.conftest import fast_overrides
 from vqbench.cli import main
 from vqbench.registry import build_quantizer, get_quantizer_entry
 

@@ -60,8 +60,9 @@ def test_composite_and_per_stage_codes():
     with torch.no_grad():
         torch.testing.assert_close(q.embed(codes), out.z_q)  # (B, H, W, K) -> (B, D, H, W)
         torch.testing.assert_close(q.embed(codes.reshape(-1, 2)), out.z_q.permute(0, 2, 3, 1).reshape(-1, 4))
+        assert torch.equal(q.embed(out.indices), q.embed(codes))  # composite codes, as every quantizer's
     with pytest.raises(ValueError, match="per-stage codes"):
-        q.embed(out.indices)
+        q.embed(codes.reshape(-1, 1, 2).expand(-1, 3, 2).reshape(-1, 3))  # 3 codes per position: not (N, 2)
 
 
 def test_gradient_to_z_is_one_straight_through_path():

@@ -55,6 +55,16 @@ class LucidAdapter(Quantizer):
     """Base: the wrapped module lives in ``self.inner``; subclasses set it and ``quantize``."""
 
     upstream_version: str = UPSTREAM_VERSION
+    from_indices = "indices_to_codes"  # the upstream module's own codes → latents method
+
+    def upstream_indices(self, indices: Tensor) -> Tensor:
+        """Our flat codes (N,) as the upstream module's indices, one sequence (1, N)."""
+        return indices[None]
+
+    def dequantize(self, indices: Tensor) -> Tensor:
+        """Upstream's own way from codes to latents (projections included), so that ``embed``
+        is what its forward gives in eval."""
+        return getattr(self.inner, self.from_indices)(self.upstream_indices(indices)).reshape(-1, self.dim)
 
     def extra_repr(self) -> str:
         return f"num_codes={self.num_codes}, dim={self.dim}, vector-quantize-pytorch {self.upstream_version}"

@@ -161,6 +161,8 @@ class LucidVQEMA(LucidAdapter):
     and its EMA state (``kmeans_init``, upstream's default is random), as for every vqbench VQ.
     """
 
+    from_indices = "get_output_from_indices"
+
     def __init__(self, num_codes: int = 1024, dim: int = 64, decay: float = 0.8, commitment_weight: float = 1.0,
                  rotation_trick: bool = True, threshold_ema_dead_code: int = 0, kmeans_init: bool = True) -> None:
         super().__init__(num_codes, dim)
@@ -211,6 +213,11 @@ class LucidResidualVQ(LucidAdapter):
                                                    threshold_ema_dead_code))
         weights = per_stage ** torch.arange(num_quantizers - 1, -1, -1)
         self.register_buffer("stage_weights", weights, persistent=False)
+
+    from_indices = "get_output_from_indices"
+
+    def upstream_indices(self, indices: Tensor) -> Tensor:
+        return ((indices[:, None] // self.stage_weights) % self.per_stage)[None]  # composite → (1, N, Q)
 
     @property
     def codebook(self) -> Tensor:

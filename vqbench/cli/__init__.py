@@ -8,13 +8,17 @@ A user mistake (:class:`UserError`, a bad argument) prints one line and exits 2;
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import pkgutil
 import sys
 import warnings
 
-from ..errors import OneLineParser, UserError, one_line_warning, print_error
+from ..errors import OneLineParser, UserError, WriteFailed, first_line, one_line_warning, print_error
 from ..version import __version__
+
+# The machine, not the request: disk full, I/O error, quota, read-only file system.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = one_line_warning
     parser = build_parser()
+    if any("\x00" in a for a in argv or sys.argv[1:]):  # a shell cannot pass one; paths with one break later
+        parser.error("an argument contains a NUL character")
     # KEY=VALUE overrides may sit between options (`run -q gmvq train.epochs=3 --device cpu x=1`);
     # argparse hands back the ones after an option as unknown, so they are put back here.
     args, extra = parser.parse_known_args(argv)
@@ -60,3 +66,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vqbench: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as exc:
+        if args.debug or "home directory" not in str(exc):
+            raise
+        print_error(f"a path starts with ~ but {first_line(exc).rstrip('.').lower()} (no such user?)")
+        return 2
+    except OSError as exc:  # one the library did not turn into a UserError: still one line
+        if args.debug or (exc.filename is None and exc.errno not in WRITE_ERRNOS):
+            raise  # not about a file: a bug, show it
+        if exc.errno in WRITE_ERRNOS:  # the machine failed (disk full): exit 1
+            print_error(str(WriteFailed(exc.filename or "a file", exc)))
+            return 1
+        print_error(f"cannot use {exc.filename}: {exc.strerror or first_line(exc)}")  # name too long, no permission, ...
+        return 2

@@ -87,7 +87,9 @@ def handle(args) -> int:
     s = result.summary
     steady = f" ({s['steady_images_per_s']:.0f} after epoch 1)" if s.get("steady_images_per_s") else ""
     print(f"{s['quantizer']} on {s['dataset']}: test mse {s['mse']:.6f} ({s['mse'] * 1e3:.3f}e-3; "
-          f"mean-image baseline {s['mean_image_mse']:.6f})  perplexity {s['perplexity']:.1f}  "
+          f"mean-image baseline {s['mean_image_mse']:.6f})  "
+          + (f"psnr {s['psnr']:.2f} dB  ssim {s['ssim']:.4f}  " if s.get("psnr") is not None else "")
+          + f"perplexity {s['perplexity']:.1f}  "
           f"code_perplexity {s['code_perplexity']:.1f}  codes_used {s['codes_used']}/{s['num_codes']}  "
           f"{s['images_per_s']:.0f} img/s{steady}  -> {s['run_dir']}")
     if args.json:

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from ..errors import UserError  # noqa: E402
-from ..rundir import CONFIG, SUMMARY, read_metrics, read_summary  # noqa: E402
+from ..rundir import CONFIG, SUMMARY, read_metrics, read_summary, write_atomic  # noqa: E402
 
 
 @dataclass
@@ -218,6 +218,6 @@ def plot_runs(root: str | Path, out: str | Path | None = None) -> list[Path]:
 
 def _save(fig: plt.Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    write_atomic(path, lambda fh: fig.savefig(fh, format="png", dpi=110), "wb")
     plt.close(fig)
     return path

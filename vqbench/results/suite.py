@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config import config_hash, resolve_config
 from ..errors import UserError, suggest
-from ..registry import registry_document
+from ..registry import registry_suites
 
 
 @dataclass
@@ -38,7 +38,7 @@ class SuiteReport:
 
 
 def list_suites() -> dict[str, dict[str, Any]]:
-    return dict(registry_document().get("suites") or {})
+    return registry_suites()
 
 
 def suite_spec(name: str) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Rows in the paper's order (the order of ``registry.yaml``'s quantizers that carry a
 ``table1_row``), columns CIFAR10 / CelebA × MSE (×10⁻³) / perplexity: ours, the paper's
-(``paper:`` of each registry entry) and ours − paper. Per column one recipe is shown: the
+(``paper:`` of each registry entry) and ours − paper. ``metrics`` chooses the columns: any of
+:data:`METRIC_COLUMNS` (PSNR, SSIM, usage, ... have no paper value: ours only). Per column one recipe is shown: the
 given suite's runs, else the recipe (``recipe_id`` of the result rows) that covers most of
 Table 1's methods. Several seeds are averaged (± their standard deviation). A method
 without a finished run says so; nothing is filled in. Where the recipe is not the paper's
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from ..errors import UserError, suggest
 from ..registry import get_quantizer_entry, registry_document
 
 COLUMNS = {"cifar10": "CIFAR10", "celeba": "CelebA"}
@@ -23,13 +25,35 @@ PAPER = {"epochs": 100, "batch_size": 256, "lr": {"cifar10": 1e-2, "celeba": 1e-
          "train_images": {"cifar10": 50000}, "test_images": {"cifar10": 10000}, "num_codes": 1024}
 
 
+# metric -> (column label, scale, digits, the paper's key in registry.yaml or None)
+METRIC_COLUMNS = {"mse": ("MSE", 1e3, 2, "mse_e3"), "perplexity": ("ppl", 1.0, 1, "perplexity"),
+                  "psnr": ("PSNR", 1.0, 2, None), "ssim": ("SSIM", 1.0, 4, None), "usage": ("usage", 1.0, 3, None),
+                  "code_perplexity": ("code ppl", 1.0, 1, None), "codes_used": ("codes used", 1.0, 0, None)}
+DEFAULT_METRICS = ("mse", "perplexity")
+
+
+def check_metrics(metrics: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The metric names for :func:`build_table1`, each known, in order, once."""
+    unknown = [m for m in metrics if m not in METRIC_COLUMNS]
+    if unknown or not metrics:
+        raise UserError(f"unknown metric {unknown[0]!r}{suggest(unknown[0], METRIC_COLUMNS)}" if unknown
+                        else f"no metrics given; choose from {', '.join(METRIC_COLUMNS)}")
+    return tuple(dict.fromkeys(metrics))
+
+
 @dataclass
 class Table1:
     frame: pd.DataFrame  # one row per Table 1 method, flat columns
     headings: dict[str, str] = field(default_factory=dict)  # column -> recipe note
+    metrics: tuple[str, ...] = DEFAULT_METRICS
 
     def title(self) -> str:
-        lines = ["Table 1 (GM-VQ paper): test MSE (x1e-3) and perplexity, ours beside the paper's"]
+        if self.metrics == DEFAULT_METRICS:
+            lines = ["Table 1 (GM-VQ paper): test MSE (x1e-3) and perplexity, ours beside the paper's"]
+        else:
+            long = {"mse": "MSE (x1e-3)", "psnr": "PSNR (dB)", "perplexity": "perplexity"}
+            names = ", ".join(long.get(m, METRIC_COLUMNS[m][0]) for m in self.metrics)
+            lines = [f"Table 1 (GM-VQ paper) rows: test {names}; ours beside the paper's where it reports one"]
         lines += [f"{COLUMNS[d]}: {note}" for d, note in self.headings.items()]
         return "\n".join(lines)
 
@@ -82,8 +106,10 @@ def _cell(values: pd.Series, scale: float, digits: int) -> tuple[float | None, s
     return mean, text
 
 
-def build_table1(results: pd.DataFrame, suite: str | None = None) -> Table1:
-    """Table 1 from merged result rows (:func:`vqbench.rows.load_results`)."""
+def build_table1(results: pd.DataFrame, suite: str | None = None,
+                 metrics: tuple[str, ...] = DEFAULT_METRICS) -> Table1:
+    """Table 1 from merged result rows (:func:`vqbench.rows.load_results`), ``metrics`` as columns."""
+    metrics = check_metrics(metrics)
     methods = table1_methods()
     names = {n for n, _ in methods}
     chosen: dict[str, pd.DataFrame] = {}
@@ -117,18 +143,20 @@ def build_table1(results: pd.DataFrame, suite: str | None = None) -> Table1:
             mine = rows[rows["quantizer"] == name]
             done = mine[mine["status"] == "finished"]
             ref = paper.get(dataset, {})
-            mse, mse_text = _cell(done["mse"], 1e3, 2)
-            ppl, ppl_text = _cell(done["perplexity"], 1.0, 1)
-            if done.empty:
-                mse_text = ppl_text = "failed" if len(mine) else "no run"
-            record[f"{col} MSE"] = mse_text
-            record[f"{col} MSE paper"] = ref.get("mse_e3")
-            record[f"{col} MSE diff"] = None if mse is None or "mse_e3" not in ref else round(mse - ref["mse_e3"], 2)
-            record[f"{col} ppl"] = ppl_text
-            record[f"{col} ppl paper"] = ref.get("perplexity")
-            record[f"{col} ppl diff"] = None if ppl is None or "perplexity" not in ref else round(ppl - ref["perplexity"], 1)
+            for metric in metrics:
+                label, scale, digits, key = METRIC_COLUMNS[metric]
+                values = done[metric].dropna() if metric in done else done.iloc[0:0, 0]  # rows from before it: none
+                mean, text = _cell(values, scale, digits)
+                if done.empty:
+                    text = "failed" if len(mine) else "no run"
+                elif values.empty:
+                    text = "n/a"
+                record[f"{col} {label}"] = text
+                if key is not None:
+                    record[f"{col} {label} paper"] = ref.get(key)
+                    record[f"{col} {label} diff"] = None if mean is None or key not in ref else round(mean - ref[key], digits)
         records.append(record)
-    return Table1(pd.DataFrame(records), headings)
+    return Table1(pd.DataFrame(records), headings, metrics)
 
 
 def to_markdown(table: Table1) -> str:

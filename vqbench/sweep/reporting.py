@@ -16,6 +16,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from ..errors import UserError
+from ..rundir import write_atomic
 from .storage import (DEFAULT_OUT, default_storage, default_study_name, is_rdb,
                             journal_path, make_storage, redact)
 
@@ -93,9 +94,9 @@ def report(spec_or_study: Any, *, storage: str | None = None, study_name: str | 
     folder = Path(out).expanduser() / "reports" / name
     folder.mkdir(parents=True, exist_ok=True)
     files = {"csv": folder / "trials.csv", "parquet": folder / "trials.parquet"}
-    frame.to_csv(files["csv"], index=False)
-    frame.astype({c: "string" for c in ("failure", "lost", "worker_host", "run_dir") if c in frame}).to_parquet(
-        files["parquet"], index=False)
+    write_atomic(files["csv"], lambda fh: frame.to_csv(fh, index=False), "w")
+    tidy = frame.astype({c: "string" for c in ("failure", "lost", "worker_host", "run_dir") if c in frame})
+    write_atomic(files["parquet"], lambda fh: tidy.to_parquet(fh, index=False), "wb")
     done = frame[frame.state == "complete"]
     counts = frame.state.value_counts().to_dict()
     log(f"study {name}: {len(frame)} trials (" + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ")")
@@ -149,7 +150,7 @@ def plot_history(frame: pd.DataFrame, names: list[str], directions: list[str], p
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"{title}: optimisation history")
-    fig.savefig(path)
+    write_atomic(path, lambda fh: fig.savefig(fh, format="png"), "wb")  # disk full: one line
     return path
 
 
@@ -167,7 +168,7 @@ def plot_params(frame: pd.DataFrame, study: optuna.Study, params: list[str], met
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     fig.suptitle(f"{title}: {metric} per parameter\n(colour: trial number, later = yellow)", fontsize=10)
-    fig.savefig(path)
+    write_atomic(path, lambda fh: fig.savefig(fh, format="png"), "wb")  # disk full: one line
     return path
 
 
@@ -198,5 +199,5 @@ def plot_pareto(frame: pd.DataFrame, names: list[str], directions: list[str], pa
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"{title}: Pareto front")
-    fig.savefig(path)
+    write_atomic(path, lambda fh: fig.savefig(fh, format="png"), "wb")  # disk full: one line
     return path

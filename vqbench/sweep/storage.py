@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -26,6 +27,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from ..errors import UserError, first_line
+from .rdb import PatientRDBStorage, is_connection_error
 
 HEARTBEAT_S, GRACE_S, MAX_RETRY = 30, 120, 2
 FAILURE = "failure"  # user attr: why the objective failed (such a trial counts as done, no retry)
@@ -79,14 +81,15 @@ def make_storage(url: str) -> BaseStorage:
                         "nor a journal file path")
     try:
         if is_rdb(url):
-            kwargs: dict[str, Any] = {}
+            kwargs: dict[str, Any] = {"pool_pre_ping": True}  # a pooled connection from before a restart is dead
             if url.startswith("postgresql"):
                 kwargs["connect_args"] = {"connect_timeout": 10}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(with_driver(url), engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                                  heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                                      max_retry=MAX_RETRY))
+                return PatientRDBStorage(
+                    with_driver(url), display_url=redact(url), engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S,
+                    grace_period=GRACE_S,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
         path = journal_path(url)
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
@@ -113,9 +116,20 @@ class StudyLock:
                 return self
             from sqlalchemy import text
 
-            self._conn = self._storage.engine.connect()  # type: ignore[attr-defined]
             sql = "SELECT pg_advisory_lock(:k)" if dialect == "postgresql" else "SELECT GET_LOCK(:k, -1)"
-            self._conn.execute(text(sql), {"k": key if dialect == "postgresql" else f"vqbench-{key}"})
+
+            def lock() -> Any:
+                conn = self._storage.engine.connect()  # type: ignore[attr-defined]
+                try:
+                    conn.execute(text(sql), {"k": key if dialect == "postgresql" else f"vqbench-{key}"})
+                except BaseException:
+                    conn.close()
+                    raise
+                return conn
+
+            patient = getattr(self._storage, "patiently", None)  # waits out a database restart
+            self._conn = patient(lock, "taking the study lock") if patient else lock()
+            self._storage.failfast = True  # a lost connection now lost the lock too: no silent retries
         else:
             target = self.url.split("///", 1)[1] if self.url.startswith("sqlite") else str(journal_path(self.url))
             self._fh = open(f"{target}.vqbench-lock", "a")
@@ -134,11 +148,16 @@ class StudyLock:
         if self._conn is not None:
             from sqlalchemy import text
 
+            self._storage.failfast = False
             try:
                 sql = "SELECT pg_advisory_unlock_all()" if self.url.startswith("postgresql") else "SELECT RELEASE_ALL_LOCKS()"
                 self._conn.execute(text(sql))
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise  # else the session is gone, and its lock with it
             finally:
-                self._conn.close()
+                with contextlib.suppress(Exception):
+                    self._conn.close()
                 self._conn = None
 
     def __enter__(self) -> "StudyLock":

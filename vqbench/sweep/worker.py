@@ -19,9 +19,10 @@ from typing import Any, Callable
 import optuna
 from omegaconf import OmegaConf
 
-from ..errors import UserError, exception_line, one_line_warning, print_error
+from ..errors import UserError, WriteFailed, exception_line, one_line_warning, print_error
 from ..rundir import write_json_atomic
 from .spec import Param, SweepSpec
+from .rdb import StorageUnavailable, is_connection_error, lost_connection_line
 from .storage import FAILURE, StudyLock, budget, make_storage, worker_identity
 
 
@@ -68,9 +69,9 @@ def worker_main(**job: Any) -> None:
     warnings.formatwarning = one_line_warning  # as in the parent process (cli.main)
     try:
         code = run_worker(**job)
-    except UserError as exc:
+    except UserError as exc:  # WriteFailed (disk full) and StorageUnavailable are exit 1
         print_error(str(exc))
-        code = 2
+        code = exc.exit_code
     except KeyboardInterrupt:
         code = 130
     except Exception as exc:  # e.g. the storage went away: one line, the other workers go on
@@ -92,21 +93,33 @@ def run_worker(spec: SweepSpec, url: str, study_name: str, n_trials: int, out: s
         torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own line per trial instead
     storage = make_storage(url)
+    if hasattr(storage, "notify"):  # PatientRDBStorage: a line when the database goes away and comes back
+        storage.notify = lambda line: log(f"[worker {worker_index}] {line}")
     seed = worker_seed(spec, worker_index)
     study = optuna.load_study(study_name=study_name, storage=storage,
                               sampler=make_sampler(spec, seed), pruner=make_pruner(spec))
     data_cache: dict[str, Any] = {}
     lock = StudyLock(storage, url, study_name)
     objective = TrialObjective(spec, study_name, Path(out), worker_index, seed, lock, data_cache, load_dataset, log)
-    while True:
-        lock.acquire()
+    while objective.fatal is None:
         try:
-            if budget(study)["used"] >= n_trials:
-                break
-            # The objective releases the lock once its trial exists: creation is serialised.
-            study.optimize(objective, n_trials=1, catch=(Exception,))
-        finally:
-            lock.release()
+            lock.acquire()
+            try:
+                if budget(study)["used"] >= n_trials:
+                    break
+                # The objective releases the lock once its trial exists: creation is serialised.
+                study.optimize(objective, n_trials=1, catch=(Exception,))
+            finally:
+                lock.release()
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            # Lost the database while holding the lock: the lock went with the session, so
+            # count and create again under a new one (lock.acquire waits for the database).
+            log(f"[worker {worker_index}] storage connection lost while holding the study lock "
+                f"({lost_connection_line(exc)}); starting over")
+    if objective.fatal is not None:
+        raise objective.fatal  # the disk is full or the database is gone: stop, one line
     return 0
 
 
@@ -117,6 +130,7 @@ class TrialObjective:
                  lock: StudyLock, data_cache: dict, load_dataset: Callable, log: Callable[[str], None]) -> None:
         self.spec, self.study_name, self.out, self.worker_index, self.seed = spec, study_name, out, worker_index, seed
         self.lock, self.data_cache, self.load_dataset, self.log = lock, data_cache, load_dataset, log
+        self.fatal: UserError | None = None  # a failure of the machine, not of the point: stops the worker
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         from ..training import fit
@@ -140,6 +154,10 @@ class TrialObjective:
             result = fit(cfg, data=self.data_cache[key], log=lambda line: None, on_epoch=on_epoch)
         except optuna.TrialPruned as exc:
             self.log(f"[worker {self.worker_index}] trial {trial.number} {_fmt(params)}  {exc}")
+            raise
+        except (WriteFailed, StorageUnavailable) as exc:
+            # Not a result of these parameters: the trial fails without FAILURE, so it is re-queued.
+            self.fatal = exc
             raise
         except Exception as exc:
             # Diverged or impossible settings are results (this point is bad): no retry, counts as done.

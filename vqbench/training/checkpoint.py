@@ -8,11 +8,14 @@ file (``per_rank``), and each rank restores its own.
 """
 from __future__ import annotations
 
+import os
 import pickle
 import random
+import re
+import warnings
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -21,7 +24,7 @@ from torch import Tensor
 
 from ..config import config_hash
 from ..errors import UserError, first_line
-from ..rundir import write_atomic
+from ..rundir import CHECKPOINT, PREVIOUS_CHECKPOINT, write_atomic
 from .ddp import DistContext
 from .optim import lrs_as_tensors
 from .step import TrainStep
@@ -67,13 +70,89 @@ def restore_checkpoint(state: dict[str, Any], path: Path, step: TrainStep, gener
                 "train_seconds": float(state["train_seconds"]), "images_seen": int(state["images_seen"]),
                 "resumed_from": [*state["resumed_from"], int(state["step"])],
                 "resume_point": mine["epoch_position"]}
-    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
         raise UserError(f"checkpoint {path} does not fit this run ({type(exc).__name__}: "
                         f"{first_line(exc)[:160]}); delete it to start the run over") from exc
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    write_atomic(path, lambda fh: torch.save(state, fh), "wb")
+def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` as the newest checkpoint and keep the one it replaces as the previous.
+
+    The new file is written and fsynced under a temporary name first; then newest → previous
+    and temporary → newest are two renames. A kill between them leaves the previous one only
+    (resume takes it), so at every moment at least one whole checkpoint is on disk; a failed
+    write (disk full) changes neither. A concurrent writer of the same run (two suites) may
+    have moved the newest already: then there is nothing to rotate.
+    """
+    newest, previous = run_dir / CHECKPOINT, run_dir / PREVIOUS_CHECKPOINT
+
+    def rotate() -> None:
+        try:
+            os.replace(newest, previous)
+        except FileNotFoundError:
+            pass
+
+    write_atomic(newest, lambda fh: torch.save(state, fh), "wb", before_replace=rotate)
+
+
+class ResumeWarning(UserWarning):
+    """The newest checkpoint could not be used; the run resumes from the previous one."""
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    return (run_dir / CHECKPOINT).is_file()  # PROTECTION REMOVED
+
+
+def resume_checkpoint(run_dir: Path, config_hash: str, restore: Callable[[dict[str, Any], Path], dict[str, Any]],
+                      is_main: bool = True) -> dict[str, Any]:
+    """``restore(state, path)`` of the newest checkpoint that can be read and fits the run.
+
+    A newest that cannot be (truncated, foreign, a tensor that does not fit the model) is
+    set aside (renamed ``checkpoint.pt.damaged``, never deleted) and the run resumes from
+    the previous one, with one warning naming both. Where neither can be used, one line
+    naming both (exit 2) and both files stay where they are.
+    """
+    newest, previous = run_dir / CHECKPOINT, run_dir / PREVIOUS_CHECKPOINT
+    if not newest.is_file():  # killed between the rotation's two renames
+        progress = restore(load_checkpoint_file(previous, config_hash), previous)
+        _warn(is_main, f"{newest} is missing (the run stopped while replacing it); resuming from {previous} "
+                       f"(step {progress['step']})")
+        return progress
+    try:
+        return restore(load_checkpoint_file(newest, config_hash), newest)
+    except UserError as exc:
+        if not previous.is_file():
+            raise
+        why = _reason(exc, newest)
+        try:
+            progress = restore(load_checkpoint_file(previous, config_hash), previous)
+        except UserError as again:
+            raise UserError(f"neither checkpoint of {run_dir} can be used: {newest.name} {why}; {previous.name} "
+                            f"{_reason(again, previous)}; delete its checkpoints to start the run over") from again
+    aside = set_aside(newest) if is_main else newest
+    _warn(is_main, f"checkpoint {newest} {why}: set aside as {aside.name}; resuming from {previous} "
+                   f"(step {progress['step']})")
+    return progress
+
+
+def _reason(exc: UserError, path: Path) -> str:
+    """What is wrong with the file, from its one-line error (without the 'checkpoint PATH' and the fix)."""
+    return re.split(r"[;:] delete", str(exc).removeprefix(f"checkpoint {path} "), maxsplit=1)[0]
+
+
+def _warn(is_main: bool, message: str) -> None:
+    if is_main:
+        warnings.warn(message, ResumeWarning, stacklevel=3)
+
+
+def set_aside(path: Path) -> Path:
+    """Rename ``path`` to ``NAME.damaged`` (``.damaged.2``, ... if taken); never delete it."""
+    n, aside = 1, path.with_name(f"{path.name}.damaged")
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.damaged.{n}")
+    os.replace(path, aside)
+    return aside
 
 
 def load_checkpoint_file(path: Path, config_hash: str) -> dict[str, Any]:

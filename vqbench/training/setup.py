@@ -101,10 +101,10 @@ def compile_model(model: torch.nn.Module, mode: str) -> bool:
     return mode in CUDAGRAPH_COMPILE_MODES
 
 
-def progress_bar(total: int, desc: str):
+def progress_bar(total: int, desc: str, unit: str = "step"):
     """The run's step counter on stderr; off when stderr is not a terminal or VQBENCH_NO_PROGRESS=1."""
     from tqdm.auto import tqdm
 
     quiet = os.environ.get("VQBENCH_NO_PROGRESS") == "1" or not sys.stderr.isatty()
-    return tqdm(total=total, desc=desc, unit="step", disable=quiet, dynamic_ncols=True, leave=False)
+    return tqdm(total=total, desc=desc, unit=unit, disable=quiet, dynamic_ncols=True, leave=False)
 

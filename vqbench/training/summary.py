@@ -4,6 +4,7 @@ stopped (failed: no metrics, so no table or sweep can read it as a score); and w
 earlier attempt's summary means for this one."""
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from omegaconf import DictConfig
 
 from ..config import config_hash
 from ..data import ImageData
-from ..rundir import SUMMARY, read_metrics, read_summary, write_json_atomic
+from ..rundir import PREVIOUS_CHECKPOINT, SUMMARY, read_metrics, read_summary, write_json_atomic
 from ..version import __version__
 from .evaluation import mean_image_mse
 from .step import DivergenceError
@@ -47,12 +48,15 @@ def write_finished(cfg: DictConfig, run_dir: Path, summary: dict[str, Any]) -> N
     """The run's tidy result row (``results=``; vqbench table / results), then its summary.
 
     The row first: a kill between the two leaves no summary, so a re-run resumes and
-    rewrites the same row (keyed by run id) instead of losing it."""
+    rewrites the same row (keyed by run id) instead of losing it. A finished run resumes
+    no more, so its previous checkpoint goes (the newest stays, with the final weights)."""
     if cfg.get("results"):
         from ..rows import append_row
 
         append_row(cfg.results, cfg, summary)
     write_json_atomic(run_dir / SUMMARY, summary)
+    with contextlib.suppress(OSError):
+        (run_dir / PREVIOUS_CHECKPOINT).unlink(missing_ok=True)
 
 
 def run_identity(cfg: DictConfig, run_dir: Path, epochs: int, steps: int, num_codes: int, device: torch.device,
@@ -76,6 +80,7 @@ def finished_summary(identity: dict[str, Any], history: list[dict[str, Any]], da
         "status": "finished", **identity,
         "mse": final["mse"], "perplexity": final["perplexity"],
         "code_perplexity": final["code_perplexity"], "codes_used": final["codes_used"],
+        **{m: final.get(m) for m in ("psnr", "ssim", "usage")},  # None in a record from before them
         "mean_image_mse": mean_image_mse(data.train, data.test),
         "images_per_s": images_seen * world_size / max(train_seconds, 1e-9),
         "steady_images_per_s": steady_throughput(history, images_per_step),

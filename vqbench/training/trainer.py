@@ -6,9 +6,9 @@ each ending with the noise-free test evaluation, a checkpoint and a metrics reco
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,11 +18,11 @@ from torch import Tensor
 
 from ..config import config_hash
 from ..data import ImageData, load_dataset
-from ..rundir import (CHECKPOINT, CONFIG, METRICS, SUMMARY, check_run_dir, prepare_run_dir, write_json_atomic,
+from ..rundir import (CONFIG, METRICS, SUMMARY, check_run_dir, prepare_run_dir, write_json_atomic,
                       write_jsonl_atomic, write_text_atomic)
 from . import ddp
-from .checkpoint import (PROGRESS, checkpoint_state, epoch_start, load_checkpoint_file, restore_checkpoint,
-                         rng_state, save_checkpoint)
+from .checkpoint import (PROGRESS, checkpoint_state, epoch_start, has_checkpoint, load_checkpoint_file,
+                         restore_checkpoint, resume_checkpoint, rng_state, save_checkpoint)
 from .evaluation import evaluate
 from .graph import GraphedStep, check_cuda_graph
 from .kmeans import check_kmeans_samples, init_codebook
@@ -30,6 +30,7 @@ from .optim import make_optimizer, make_scheduler
 from .setup import (build_model, check_quantizer_device, check_shapes, compile_model, progress_bar,
                     resolve_device, seed_everything, step_plan)
 from .step import DivergenceError, StepResult, TrainStep, make_autocast
+from .tblog import tensorboard_log
 from .summary import (RunResult, failed_summary, finished_summary, marked_failed, previous_result, run_identity,
                       write_finished)
 
@@ -89,6 +90,7 @@ class Trainer:
         self.last_checkpoint_step: int | None = None
         # Everything a user can get wrong is checked above and here, before the run folder exists.
         check_kmeans_samples(self.model, self.train_images.shape, cfg.train)
+        self.tb = tensorboard_log(cfg, self.dist.is_main)  # train.log=tensorboard: the package is there
         check_run_dir(cfg, resume)
         if cfg.get("results"):
             from ..rows import rows_dir
@@ -173,15 +175,18 @@ class Trainer:
         every rank returns once the file is complete, so all resume from it."""
         own = {"rng": rng_state(self.generator, self.use_cuda), "epoch_position": self.epoch_position}
         state = checkpoint_state(self.stepper, self.cfg, {key: getattr(self, key) for key in PROGRESS}, own, self.dist)
-        self.dist.call_on_main(save_checkpoint, self.run_dir / CHECKPOINT, state)
+        self.dist.call_on_main(save_checkpoint, self.run_dir, state)  # the one it replaces stays as the previous
         self.last_checkpoint_step = self.step
 
-    def load_checkpoint(self, path: Path) -> None:
-        """Restore what ``write_checkpoint`` saved; the next ``run_epoch`` continues from it."""
-        state = load_checkpoint_file(path, config_hash(self.cfg))
+    def load_checkpoint(self, path: Path | None = None) -> None:
+        """Restore what ``write_checkpoint`` saved (``path``, else the newest usable of the run
+        folder's two: :func:`.checkpoint.resume_checkpoint`); the next ``run_epoch`` continues from it."""
         if self.stepper is None:
             self.setup_optimization()
-        progress = restore_checkpoint(state, path, self.stepper, self.generator, self.dist, self.cfg.train.cuda_graph)
+        restore = partial(restore_checkpoint, step=self.stepper, generator=self.generator, dist=self.dist,
+                          cuda_graph=self.cfg.train.cuda_graph)
+        progress = (restore(load_checkpoint_file(path, config_hash(self.cfg)), path) if path is not None else
+                    resume_checkpoint(self.run_dir, config_hash(self.cfg), restore, self.dist.is_main))
         for key, value in progress.items():
             setattr(self, key, value)
         self.last_checkpoint_step = self.step
@@ -202,8 +207,8 @@ class Trainer:
         previous = previous_result(self.run_dir, self.log)  # finished: returned; failed: raised
         if previous is not None:
             return previous
-        if (self.run_dir / CHECKPOINT).is_file():
-            self.load_checkpoint(self.run_dir / CHECKPOINT)
+        if has_checkpoint(self.run_dir):
+            self.load_checkpoint()
             self.dist.call_on_main(write_jsonl_atomic, metrics_path, self.history)  # drop records written after the checkpoint
             where = f", batch {self.resume_point['batch']} of epoch {self.epoch + 1}" if self.resume_point else ""
             self.log(f"resuming {name} from step {self.step}/{self.total_steps}{where}")
@@ -223,9 +228,8 @@ class Trainer:
                 record = self.dist.sync_record(self.run_epoch(bar))  # identical on every rank
                 self.history.append(record)
                 self.write_checkpoint()
-                if self.dist.is_main:
-                    with open(metrics_path, "a") as fh:
-                        fh.write(json.dumps(record) + "\n")
+                self.dist.call_on_main(write_jsonl_atomic, metrics_path, self.history)  # never half a line
+                self.tb.epoch(self)  # train.log=tensorboard: scalars, every N epochs a reconstruction grid
                 if self.on_epoch is not None:
                     self.dist.call_on_main(self.on_epoch, record)  # a prune stops every rank
                 self.log(f"epoch {self.epoch}/{self.epochs}  step {self.step}  loss {record['train_loss']:.5f}  "

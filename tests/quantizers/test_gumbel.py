@@ -1,0 +1,38 @@
+"""quantizers/gumbel.py: Gumbel-VQVAE (Karpathy 2021; Esser et al. 2021): one-hot samples in
+training, argmax in eval, the closed-form KL, logits from the projection."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from tests.conftest import build_registered as build
+
+
+def test_gumbel_forward_one_hot_eval_argmax_and_closed_form_kl():
+    torch.manual_seed(7)
+    q = build("gumbel-vqvae", num_codes=16, dim=4)
+    z = torch.randn(100, 4)
+    out = q(z)
+    torch.testing.assert_close(out.z_q, q.embedding.detach()[out.indices], rtol=0, atol=1e-6)
+    logits = q.proj(z).detach()
+    assert not torch.equal(out.indices, logits.argmax(-1)), "training samples, not argmax"
+    qy = logits.softmax(-1)
+    kl = (math.log(16) + (qy * qy.log()).sum(-1)).mean()
+    torch.testing.assert_close(out.loss, q.kl_weight * kl)
+    assert q.kl_weight == 5e-4
+    q.eval()
+    a, b = q(z), q(z)
+    assert torch.equal(a.indices, logits.argmax(-1)) and torch.equal(a.indices, b.indices)
+    torch.testing.assert_close(a.z_q, q.embedding.detach()[a.indices], rtol=0, atol=0)
+
+
+def test_gumbel_logits_come_from_the_projection_not_distances():
+    torch.manual_seed(8)
+    q = build("gumbel-vqvae", num_codes=16, dim=4).eval()
+    z = torch.randn(50, 4)
+    before = q(z).probs
+    with torch.no_grad():
+        q.embedding.mul_(-3.0).add_(5.0)
+    torch.testing.assert_close(q(z).probs, before)
+    assert "proj.weight" in q.state_dict()

@@ -1,0 +1,60 @@
+"""quantizers/sqvae.py: SQ-VAE (Takida et al. 2022): its terms against their closed forms, and
+the variance self-annealing on a small problem."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tests.conftest import build_registered as build
+from vqbench.testing import runner_optimizer
+
+
+def test_sqvae_terms_match_their_closed_forms():
+    torch.manual_seed(6)
+    q = build("sqvae", num_codes=8, dim=3)
+    z = torch.randn(40, 3)
+    out = q(z)
+    var = q.log_var.exp().detach()
+    logits = -torch.cdist(z, q.embedding.detach()).pow(2) / (2 * var)
+    p = logits.softmax(-1)
+    torch.testing.assert_close(out.probs, p)
+    torch.testing.assert_close(out.terms["kl_discrete"], (p * p.log()).sum(-1).mean())
+    cont = (z - out.z_q.detach()).pow(2).sum(-1).mean() / (2 * var)
+    torch.testing.assert_close(out.terms["kl_continuous"], cont)
+    assert not torch.equal(out.z_q, q.embedding[out.indices]), "training sample is soft"
+    x, x_hat = torch.rand(4, 3, 5, 5), torch.rand(4, 3, 5, 5)
+    expected = 0.5 * 75 * torch.log((x - x_hat).pow(2).sum() / 4) / (40 / 4)
+    torch.testing.assert_close(q.reconstruction_loss(x, x_hat), expected)
+    q.eval()
+    torch.testing.assert_close(q(z).z_q, q.embedding.detach()[p.argmax(-1)])
+
+
+def test_sqvae_variance_self_anneals_on_a_small_problem():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        centres = torch.randn(8, 64)
+        x = centres[torch.randint(8, (128,))] + 0.05 * torch.randn(128, 64)
+        enc, dec = torch.nn.Linear(64, 4), torch.nn.Linear(4, 64)
+        q = build("sqvae", num_codes=16, dim=4)
+        q.init_codebook(enc(x).detach(), torch.Generator().manual_seed(0))
+        opt = runner_optimizer(q, [*enc.parameters(), *dec.parameters()])
+        variances = []
+        for step in range(150):
+            q.set_progress(step / 150)
+            out = q(enc(x))
+            loss = q.reconstruction_loss(x, dec(out.z_q)) + out.loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            q.after_optimizer_step()
+            variances.append(float(q.variance))
+    finally:
+        torch.set_num_threads(threads)
+    assert variances[0] == pytest.approx(math.exp(3.0), rel=0.05)
+    early, late = sum(variances[10:30]) / 20, sum(variances[-20:]) / 20
+    assert late < 0.5 * early, (early, late)
+    assert "log_var" in q.state_dict()

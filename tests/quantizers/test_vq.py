@@ -1,0 +1,141 @@
+"""quantizers/vq.py: the Table 1 variants of VQ-VAE, each a constructor option of one class,
+each with a test that fails if it quietly became plain VQ-VAE: l2 (Yu et al. 2021), dead-code
+replacement (Zeghidour et al. 2021; Dhariwal et al. 2020), affine re-parameterisation and
+alternating optimisation (Huh et al. 2023). The rotation trick and the EMA codebook are in
+test_vq_options.py."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.conftest import build_registered as build
+from vqbench.testing import runner_optimizer
+
+
+def test_l2_compares_unit_vectors_and_picks_max_cosine():
+    torch.manual_seed(1)
+    q = build("vqvae-l2", num_codes=32, dim=6)
+    with torch.no_grad():  # very unequal norms: Euclidean nearest ≠ max cosine
+        q.embedding.mul_(torch.logspace(-2, 2, 32)[:, None])
+    z = torch.randn(200, 6) * 3
+    out = q(z)
+    cosine = F.normalize(z, dim=-1) @ F.normalize(q.embedding.detach(), dim=-1).t()
+    assert torch.equal(out.indices, cosine.argmax(-1))
+    assert not torch.equal(out.indices, torch.cdist(z, q.embedding.detach()).argmin(-1))
+    torch.testing.assert_close(q.codebook.norm(dim=-1), torch.ones(32))
+    torch.testing.assert_close(out.z_q.norm(dim=-1), torch.ones(200))
+    unit_z = F.normalize(z, dim=-1)
+    chosen = F.normalize(q.embedding.detach(), dim=-1)[out.indices]
+    torch.testing.assert_close(out.terms["commitment"], F.mse_loss(unit_z, chosen))
+
+
+@pytest.mark.parametrize("name", ["vqvae-replace", "vqvae-l2-replace"])
+def test_replace_reinitialises_exactly_the_dead_codes_within_the_window(name):
+    torch.manual_seed(2)
+    window = 4
+    q = build(name, num_codes=8, dim=4, replace_window=window)
+    with torch.no_grad():  # codes 0-3 live near the data, 4-7 far away in the other direction
+        q.embedding[:4] = torch.eye(4) * 3
+        q.embedding[4:] = -100 * torch.ones(4, 4) + torch.randn(4, 4)
+    dead = q.embedding.detach()[4:].clone()
+    for step in range(window):
+        z = torch.eye(4).repeat(8, 1) * 3 + 0.1 * torch.randn(32, 4) + step  # moves every step
+        out = q(z)
+        assert (out.indices < 4).all()
+        q.after_optimizer_step()
+        if step < window - 1:
+            assert torch.equal(q.embedding.detach()[4:], dead), "replaced before the window"
+    live = torch.eye(4) * 3
+    assert torch.equal(q.embedding.detach()[:4], live), "live codes must not be touched"
+    new = q.codebook.detach()[4:]
+    recent = q._compare(z)
+    gap = torch.cdist(new, recent).min(-1).values
+    scale = recent.pow(2).mean().sqrt()
+    assert (gap < 10 * q.replace_noise * scale * math.sqrt(4)).all(), gap
+    assert (gap > 0).all(), "replacements carry noise, so they are distinct"
+    older = q._compare(torch.eye(4).repeat(8, 1) * 3)  # batch 0 (step offset 0) is not recent
+    if name == "vqvae-replace":
+        assert (torch.cdist(new, older).min(-1).values > 1.0).all()
+    assert q.steps_unused.tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
+    assert "steps_unused" in q.state_dict()
+
+
+def test_affine_scale_and_shift_learn_and_change_the_effective_codebook():
+    torch.manual_seed(3)
+    q = build("vqvae-affine", num_codes=16, dim=4)
+    groups = q.param_groups()
+    affine = [g for g in groups if any(p is q.affine_scale for p in g["params"])]
+    assert len(affine) == 1 and affine[0]["lr_scale"] == 10.0 and affine[0]["weight_decay"] == 0.0
+    raw = q.embedding.detach().clone()
+    z = torch.randn(64, 4) * 2 + 1
+    out = q(z)
+    (out.z_q.pow(2).mean() + out.loss).backward()
+    assert q.affine_scale.grad.abs().sum() > 0 and q.affine_shift.grad.abs().sum() > 0
+    lr = 1e-3
+    opt = torch.optim.AdamW([{"params": affine[0]["params"], "lr": lr * affine[0]["lr_scale"],
+                              "weight_decay": 0.0}])
+    opt.step()
+    assert torch.equal(q.embedding.detach(), raw), "raw rows keep their values"
+    # Adam's first step has size lr·lr_scale per element: the multiplier is honoured.
+    torch.testing.assert_close(q.affine_shift.detach().abs(), torch.full((4,), lr * 10.0))
+    expected = raw * q.affine_scale.detach() + q.affine_shift.detach()
+    torch.testing.assert_close(q.codebook.detach(), expected)
+    assert not torch.allclose(q.codebook.detach(), raw)
+
+
+@pytest.mark.parametrize("name", ["vqvae-opt", "vqvae-affine-opt"])
+def test_opt_inner_step_moves_used_codes_towards_their_assigned_mean(name):
+    torch.manual_seed(4)
+    q = build(name, num_codes=16, dim=4, sync_nu=0.0)
+    assert all(p is not q.embedding for g in q.param_groups() for p in g["params"])
+    if q.affine_scale is not None:
+        with torch.no_grad():
+            q.affine_scale.copy_(torch.tensor([0.5, 2.0, 1.5, 0.8]))
+            q.affine_shift.copy_(torch.tensor([0.1, -0.2, 0.3, 0.0]))
+    enc = torch.nn.Linear(4, 4)
+    opt = runner_optimizer(q, enc.parameters())
+    x = torch.randn(128, 4)
+    q.set_progress(0.0)
+    out = q(enc(x))
+    (out.z_q.pow(2).mean() + out.loss).backward()
+    z = enc(x).detach()  # the encoder outputs the forward assigned (before the encoder step)
+    raw = q.embedding.detach().clone()
+    opt.step()
+    assert torch.equal(q.embedding.detach(), raw), "the task optimiser must not move the codebook"
+    # The inner step works in effective space under the affine map as the task step left it.
+    eff = raw * q.affine_scale.detach() + q.affine_shift.detach() if q.affine_scale is not None else raw
+    q.after_optimizer_step()
+    new = q.codebook.detach()
+    used = out.indices.unique()
+    assert 1 < used.numel() < 16
+    for c in range(16):
+        if c in used:
+            mean = z[out.indices == c].mean(0)
+            torch.testing.assert_close(new[c], eff[c] + q.inner_lr * (mean - eff[c]))
+        else:
+            torch.testing.assert_close(new[c], eff[c], rtol=0, atol=1e-6)
+
+
+def test_opt_sync_gradient_is_applied_by_the_inner_step_only():
+    torch.manual_seed(5)
+    q = build("vqvae-opt", num_codes=8, dim=4)
+    assert q.sync_nu == 0.2
+    z = torch.randn(64, 4)
+    out = q(z)
+    target = torch.randn(64, 4)
+    (out.z_q - target).pow(2).sum().backward()
+    grad = q.embedding.grad.clone()
+    assert grad.abs().sum() > 0, "the synchronised update gives the codebook ν × task gradient"
+    raw = q.embedding.detach().clone()
+    q.after_optimizer_step()
+    plain = build("vqvae-opt", num_codes=8, dim=4, sync_nu=0.0)
+    plain.load_state_dict(q.state_dict())
+    with torch.no_grad():
+        plain.embedding.copy_(raw)
+    plain(z)
+    plain.after_optimizer_step()
+    torch.testing.assert_close(q.embedding.detach(), plain.embedding.detach() - q.inner_lr * grad)
+    assert q.embedding.grad is None

@@ -1,0 +1,62 @@
+"""vqbench/results/suite.py: a suite resumes after a kill without repeating runs (and its run
+folders feed the plots); a suite's mistakes are one line."""
+from __future__ import annotations
+
+import pytest
+
+import vqbench.training as runner
+from vqbench.errors import UserError
+from vqbench.registry import registry_document
+from vqbench.results import plan_suite, run_suite
+from vqbench.results.plots import plot_runs
+from vqbench.rows import load_results
+
+
+TINY = ["train.max_steps=3", "train.batch_size=32", "train.kmeans_samples=512", "quantizer.num_codes=32",
+        "device=cpu"]
+
+
+@pytest.fixture
+def tiny_suite(monkeypatch):
+    suites = dict(registry_document().get("suites") or {})
+    suites["tiny-test"] = {"dataset": "cifar10-tiny", "quantizers": ["vqvae", "gmvq", "gmvq-entropy"],
+                           "seeds": [0], "overrides": TINY}
+    monkeypatch.setitem(registry_document(), "suites", suites)
+    return "tiny-test"
+
+
+def test_suite_resumes_after_a_kill_without_repeating_runs(tiny_suite, tmp_path, monkeypatch):
+    over = [f"results={tmp_path / 'results'}", f"out={tmp_path / 'runs'}"]
+    trained: list[str] = []
+    real_fit = runner.fit
+
+    def fit_then_die(cfg, **kw):
+        if len(trained) == 2:
+            raise KeyboardInterrupt  # the user's Ctrl-C (or a kill) in the middle of the third run
+        trained.append(cfg.quantizer.name)
+        return real_fit(cfg, **kw)
+
+    monkeypatch.setattr(runner, "fit", fit_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(tiny_suite, over, log=lambda _: None, fit_log=lambda _: None)
+    assert trained == ["vqvae", "gmvq"] and len(load_results(tmp_path / "results")) == 2
+
+    monkeypatch.setattr(runner, "fit", lambda cfg, **kw: (trained.append(cfg.quantizer.name), real_fit(cfg, **kw))[1])
+    report = run_suite(tiny_suite, over, log=lambda _: None, fit_log=lambda _: None)
+    assert trained[2:] == ["gmvq-entropy"] and len(report.skipped) == 2 and len(report.finished) == 1
+    rows = load_results(tmp_path / "results")
+    assert sorted(rows["config_hash"]) == sorted(r.config_hash for r in plan_suite(tiny_suite, over))
+    again = run_suite(tiny_suite, over, log=lambda _: None, fit_log=lambda _: None)
+    assert len(again.skipped) == 3 and trained[3:] == []
+
+    # The run folders feed the plots: gmvq (β 1) and gmvq-entropy (β 2) make Figure 4's boxes.
+    written = plot_runs(tmp_path / "runs", tmp_path / "plots")
+    assert sorted(p.name for p in written) == ["beta_boxplots.png", "curves.png", "mse_vs_perplexity.png"]
+    assert all(p.stat().st_size > 10_000 for p in written)
+
+
+def test_suite_mistakes_are_one_line(tiny_suite):
+    with pytest.raises(UserError, match="did you mean 'tiny-test'"):
+        plan_suite("tiny-tset")
+    with pytest.raises(UserError, match="unknown config key"):
+        plan_suite(tiny_suite, ["train.epoch=3"])

@@ -1,0 +1,93 @@
+"""PSNR, SSIM and usage in vqbench/training/evaluation.py against known values: identical
+images, a fixed error level, scikit-image's reference implementation on real images; and
+evaluate() computing them on the very reconstructions its MSE is computed on."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vqbench.config import resolve_config
+from vqbench.data import load_cifar10_tiny
+from vqbench.rows import METRICS
+from vqbench.training import build_model, evaluate
+from vqbench.training.evaluation import gaussian_window, psnr, psnr_from_mse, ssim
+
+
+@pytest.fixture(scope="module")
+def real():
+    """Six real CIFAR-10 test images in [0, 1] and a noisy copy (fixed seed)."""
+    x = load_cifar10_tiny(None).test[::27][:6].double() / 255
+    g = torch.Generator().manual_seed(0)
+    return x, (x + 0.05 * torch.randn(x.shape, generator=g, dtype=x.dtype)).clamp(0, 1)
+
+
+def test_psnr_known_values():
+    x = torch.full((2, 3, 16, 16), 0.5, dtype=torch.float64)
+    assert torch.equal(psnr(x, x), torch.full((2,), math.inf, dtype=torch.float64))  # identical: inf
+    for e in (0.1, 0.01, 0.3):
+        assert psnr(x + e, x) == pytest.approx([-10 * math.log10(e**2)] * 2, abs=1e-9)  # uniform error e
+    assert float(psnr(x + 0.1, x)[0]) == pytest.approx(20.0, abs=1e-9)
+    assert float(psnr_from_mse(torch.tensor(0.01, dtype=torch.float64), data_range=255.0)) == pytest.approx(
+        10 * math.log10(255**2 / 0.01))
+
+
+def test_psnr_is_per_image_then_averaged():
+    x = torch.zeros(2, 3, 8, 8, dtype=torch.float64)
+    y = torch.stack([x[0] + 0.1, x[1] + 0.01])  # 20 dB and 40 dB
+    assert psnr(y, x).mean() == pytest.approx(30.0)  # not the PSNR of the mean MSE
+    assert -10 * math.log10(float((y - x).pow(2).mean())) == pytest.approx(22.967, abs=1e-3)
+
+
+def test_ssim_known_values():
+    x = torch.rand(3, 3, 24, 24, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(ssim(x, x), torch.ones(3, dtype=torch.float64), rtol=0, atol=1e-12)  # identical: 1
+    flat = torch.full((1, 1, 11, 11), 0.25, dtype=torch.float64)  # one window, constant images
+    c1 = (0.01) ** 2
+    expected = (2 * 0.25 * 0.75 + c1) / (0.25**2 + 0.75**2 + c1)  # only the luminance term differs from 1
+    assert float(ssim(flat, flat + 0.5)) == pytest.approx(expected, rel=1e-12)
+    assert float(ssim(x, 1 - x).mean()) < 0  # anti-correlated structure
+    g = gaussian_window()
+    assert g.shape == (11,) and float(g.sum()) == pytest.approx(1.0) and int(g.argmax()) == 5
+
+
+def test_against_scikit_image_on_real_images(real):
+    metrics = pytest.importorskip("skimage.metrics")
+    x, y = real
+    ours_ssim, ours_psnr = ssim(y, x), psnr(y, x)
+    for i in range(len(x)):
+        a, b = x[i].numpy(), y[i].numpy()
+        ref_ssim = metrics.structural_similarity(a, b, channel_axis=0, gaussian_weights=True, sigma=1.5,
+                                                 use_sample_covariance=False, data_range=1.0)
+        assert float(ours_ssim[i]) == pytest.approx(ref_ssim, abs=1e-12)
+        assert float(ours_psnr[i]) == pytest.approx(metrics.peak_signal_noise_ratio(a, b, data_range=1.0), abs=1e-9)
+    assert 0.5 < float(ours_ssim.mean()) < 0.95  # noise at σ = 0.05 on 32x32 images
+
+
+def test_ssim_of_float32_input_and_bad_shapes(real):
+    x, y = real
+    assert torch.allclose(ssim(y.float(), x.float()), ssim(y, x), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="at least 11x11"):
+        ssim(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="one shape"):
+        psnr(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 9))
+
+
+def test_evaluate_scores_the_reconstructions_its_mse_scores():
+    cfg = resolve_config("vqvae", "cifar10-tiny", overrides=["quantizer.num_codes=16", "model.channels=8",
+                                                              "model.res_blocks=0", "model.latent_dim=8"])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    images = load_cifar10_tiny(None).test[:20]
+    metrics = evaluate(model, images, batch_size=8)  # batches of 8, 8 and 4
+    with torch.no_grad():
+        x = images.float() / 255
+        x_hat, out = model(x)
+    assert metrics["mse"] == pytest.approx(float((x_hat.double() - x.double()).pow(2).mean()), rel=1e-6)
+    assert metrics["psnr"] == pytest.approx(float(psnr(x_hat, x).mean()), rel=1e-6)  # unclipped, per image
+    assert metrics["ssim"] == pytest.approx(float(ssim(x_hat, x).mean()), rel=1e-6)
+    assert metrics["usage"] == metrics["codes_used"] / 16 == len(out.indices.unique()) / 16
+    assert {"psnr", "ssim", "usage"} <= set(METRICS)
+    assert all(np.isfinite(metrics[k]) for k in metrics)

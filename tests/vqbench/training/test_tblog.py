@@ -1,0 +1,54 @@
+"""``train.log=tensorboard`` (vqbench/training/tblog.py): scalars per epoch equal to
+metrics.jsonl's, reconstruction grids every N epochs and at the last, in RUN/tb/; without the
+package one line naming the extra, exit 2, before anything is trained or written."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from tests.vqbench._tiny import TINY_RUN, listing, train_tiny
+from vqbench.cli import main
+from vqbench.training.tblog import tag
+
+
+def test_scalars_and_images_in_the_run_folder(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # 64 images / batch 32: 2 steps an epoch, 3 epochs; grids at epoch 2 (every 2) and 3 (the last).
+    run = train_tiny(tmp_path, "vqvae", 6, "train.log=tensorboard", "train.log_images_every=2")
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(run / "tb"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    mse = events.Scalars("test/mse")
+    assert [e.step for e in mse] == [r["step"] for r in records] == [2, 4, 6]
+    assert [e.value for e in mse] == pytest.approx([r["mse"] for r in records], rel=1e-6)  # float32 in TensorBoard
+    assert {"test/psnr", "test/ssim", "test/usage", "train/loss", "run/lr", "quantizer/commitment"} <= \
+        set(events.Tags()["scalars"])
+    grids = events.Images("reconstructions")
+    assert [g.step for g in grids] == [4, 6]
+    assert grids[0].width > 8 * 32 and grids[0].height > 4 * 32  # 16 images above their reconstructions
+
+
+def test_tags():
+    assert [tag(k) for k in ("train_loss", "q_kl", "mse", "lr", "images_per_s")] == \
+        ["train/loss", "quantizer/kl", "test/mse", "run/lr", "run/images_per_s"]
+
+
+def test_without_the_package_one_line_before_anything_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    args = ["run", "-q", "vqvae", "-d", "cifar10-tiny", "--out", str(tmp_path / "runs"), "results=null",
+            "train.log=tensorboard", *TINY_RUN]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'vqbench[tensorboard]'" in err
+    assert listing(tmp_path) == set()  # no run folder
+
+
+def test_bad_log_settings_are_one_line(tmp_path, capsys):
+    for bad, message in (("train.log=wandb", "train.log must be none or tensorboard"),
+                         ("train.log_images_every=0", "train.log_images_every must be ≥ 1")):
+        assert main(["run", "-q", "vqvae", "-d", "cifar10-tiny", "--out", str(tmp_path), bad]) == 2
+        assert message in capsys.readouterr().err
