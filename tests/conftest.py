@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from hypothesis import HealthCheck, settings
 
@@ -49,6 +50,17 @@ def run_cli(*args: str, cwd: str | Path | None = None, timeout: float = 600, env
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """torch on one intra-op thread for a module of tests on tiny tensors (the property suites):
+    there a second thread only waits at barriers, and on 2 busy cores it spins. Module-scoped,
+    so hypothesis's @given tests may use it (``pytestmark = pytest.mark.usefixtures(...)``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def shared_data_or_skip(*parts: str) -> Path:

@@ -132,6 +132,12 @@ def load_results(results_dir: str | os.PathLike = "results", *, finished_only: b
     (another writer's leftovers) are skipped with a warning rather than failing the read.
     """
     root = Path(results_dir).expanduser()
+    try:
+        root.stat()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # a name too long, a loop of links: the path itself is wrong
+        raise UserError(f"results folder {str(root)[:80]}: {exc.strerror}; pass an existing folder") from None
     if not root.exists():
         raise UserError(f"results folder {root} does not exist; runs write their rows to `results` "
                         "by default (config key results=PATH)")

@@ -13,6 +13,9 @@ from hypothesis import strategies as st
 from quantizers import bounds as Bd
 from tests._strategies import F64, array, log_uniform, slack
 
+# Tiny float64 tensors: one thread is several times faster than two (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 
 @st.composite
 def problems(draw, max_c: int = 8, max_l: int = 4, max_d: int = 4, max_n: int = 4, one_code: bool = False):

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from quantizers import functional as Fq
 from tests._strategies import F64, TOL, Case, cases, distributions, finite
+
+# Tiny float64 tensors: one thread is several times faster than two (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def posterior(case: Case) -> torch.Tensor:

@@ -15,6 +15,9 @@ from quantizers import bounds as Bd
 from quantizers import functional as Fq
 from tests._strategies import F64, TOL, Case, array, cases, finite, log_uniform, magnitude, slack
 
+# Tiny float64 tensors: one thread is several times faster than two (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 
 @given(cases(), st.booleans())
 def test_posterior_is_a_distribution(case: Case, training: bool) -> None:

@@ -112,6 +112,8 @@ def run_worker(spec: SweepSpec, url: str, study_name: str, n_trials: int, out: s
             finally:
                 lock.release()
         except Exception as exc:
+            if getattr(storage, "gave_up", None) is not None:  # the one clear line, whatever Optuna
+                raise storage.gave_up from exc  # raised on top (its tell after a failed trial)
             if not is_connection_error(exc):
                 raise
             # Lost the database while holding the lock: the lock went with the session, so

@@ -100,7 +100,7 @@ class ResumeWarning(UserWarning):
 
 
 def has_checkpoint(run_dir: Path) -> bool:
-    return (run_dir / CHECKPOINT).is_file()  # PROTECTION REMOVED
+    return (run_dir / CHECKPOINT).is_file() or (run_dir / PREVIOUS_CHECKPOINT).is_file()
 
 
 def resume_checkpoint(run_dir: Path, config_hash: str, restore: Callable[[dict[str, Any], Path], dict[str, Any]],
