@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import sys
 from collections.abc import Iterable
 from typing import NoReturn
@@ -17,6 +18,10 @@ class UserError(Exception):
     """A mistake in what the user asked for; the CLI prints it as one line and exits 2."""
 
     exit_code = 2
+
+
+# The machine, not the request: disk full, I/O error, quota, read-only file system.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS)
 
 
 class WriteFailed(UserError):

@@ -23,6 +23,7 @@ import vqbench.rundir as rundir
 from vqbench.cli import main
 from vqbench.config import config_hash
 from vqbench.sweep import load_sweep, open_study
+from vqbench.sweep.storage import make_storage
 
 # 32 images / batch 16 = 2 steps an epoch, 2 epochs: two checkpoints, two metrics records.
 ARGS = ["-q", "vqvae", "-d", "cifar10-tiny", "--device", "cpu", "train.epochs=2", "data.limit=32",
@@ -74,12 +75,12 @@ def _one_error_line(capsys) -> str:
     return lines[0]
 
 
-def _check_intact(disk: FullDisk) -> None:
+def _check_intact(disk: FullDisk, changing: tuple[str, ...] = ()) -> None:
     assert disk.before is not None, "the fault was never injected"
     assert not disk.tmp.exists(), "the half-written temporary file is left behind"
     after = _files(disk.root)
     for path, data in disk.before.items():
-        assert after.get(path) == data, f"{path} changed"
+        assert path.name in changing or after.get(path) == data, f"{path} changed"
     assert not [p for p in disk.root.rglob("*.tmp")]
 
 
@@ -164,3 +165,28 @@ def test_a_real_full_file_system_mid_checkpoint(tmp_path, capsys):
         subprocess.run(["umount", str(disk)], capture_output=True, timeout=30)
     assert main(["run", *argv, "--out", str(tmp_path / "bigger")]) == 0
     assert "resuming" in capsys.readouterr().err
+
+
+def test_a_full_disk_in_a_sweep_trial_stops_the_worker_and_the_trial_is_retried(tmp_path, capsys, monkeypatch):
+    """Not a bad point: the trial fails without a `failure` (so it is re-queued, not counted as
+    a result), the worker stops with the one line, and the next `vqbench sweep` finishes it."""
+    sweep = ["sweep", "gamma", "--dataset", "cifar10-tiny", "--out", str(tmp_path), "--n-trials", "2",
+             "device=cpu", "data.limit=32", "data.test_limit=16", "model.channels=4", "model.res_blocks=0",
+             "model.latent_dim=4", "quantizer.num_codes=8", "train.kmeans_samples=64", "train.max_steps=2",
+             "train.batch_size=16", "train.eval_batch_size=16"]
+    disk = FullDisk(tmp_path, "sweep_trial.json", 2, errno.ENOSPC)  # the second trial's folder
+    monkeypatch.setattr(rundir, "open", disk, raising=False)
+    rc = main(sweep)
+    line = _one_error_line(capsys)
+    assert rc == 1 and line.startswith("vqbench: error: could not write ") and "trial-0001/sweep_trial.json" in line
+    _check_intact(disk, changing=("optuna.journal",))  # the study records the lost trial
+    monkeypatch.undo()
+    journal = make_storage(str(tmp_path / "optuna.journal"))
+    study = optuna.load_study(study_name="gamma-cifar10-tiny", storage=journal)
+    (lost,) = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert "failure" not in lost.user_attrs
+    assert main(sweep) == 0
+    assert "re-queued lost trials [1]" in capsys.readouterr().err
+    states = [t.state for t in optuna.load_study(study_name="gamma-cifar10-tiny",
+                                                 storage=make_storage(str(tmp_path / "optuna.journal"))).trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 2

@@ -8,17 +8,14 @@ A user mistake (:class:`UserError`, a bad argument) prints one line and exits 2;
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import pkgutil
 import sys
 import warnings
 
-from ..errors import OneLineParser, UserError, WriteFailed, first_line, one_line_warning, print_error
+from ..errors import (WRITE_ERRNOS, OneLineParser, UserError, WriteFailed, first_line, one_line_warning,
+                      print_error)
 from ..version import __version__
-
-# The machine, not the request: disk full, I/O error, quota, read-only file system.
-WRITE_ERRNOS = (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = one_line_warning
     parser = build_parser()
-    if any("\x00" in a for a in argv or sys.argv[1:]):  # a shell cannot pass one; paths with one break later
+    if any("\x00" in a for a in (sys.argv[1:] if argv is None else argv)):  # a shell cannot pass one; paths with one break later
         parser.error("an argument contains a NUL character")
     # KEY=VALUE overrides may sit between options (`run -q gmvq train.epochs=3 --device cpu x=1`);
     # argparse hands back the ones after an option as unknown, so they are put back here.

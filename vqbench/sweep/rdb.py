@@ -60,6 +60,22 @@ def lost_connection_line(exc: BaseException) -> str:
     return exception_line(getattr(cause, "orig", None) or cause)[:160]
 
 
+def first_opener_wins(open_storage: Callable[[], Any], attempts: int = 5) -> Any:
+    """``open_storage()``, again when it lost the race to create Optuna's tables on a fresh
+    database (workers or machines starting at once: ``CREATE TYPE studydirection`` twice is
+    a UniqueViolation); the next attempt finds the tables and creates nothing."""
+    from sqlalchemy import exc as sa
+
+    for attempt in range(attempts):
+        try:
+            return open_storage()
+        except (sa.IntegrityError, sa.ProgrammingError) as exc:
+            text = str(exc).lower()
+            if attempt == attempts - 1 or not ("duplicate" in text or "already exists" in text):
+                raise
+            time.sleep(0.1 * (attempt + 1))
+
+
 class PatientRDBStorage(RDBStorage):
     """``RDBStorage`` whose calls wait for the database to come back (see the module)."""
 

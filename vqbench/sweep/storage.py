@@ -27,7 +27,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from ..errors import UserError, first_line
-from .rdb import PatientRDBStorage, is_connection_error
+from .rdb import PatientRDBStorage, first_opener_wins, is_connection_error
 
 HEARTBEAT_S, GRACE_S, MAX_RETRY = 30, 120, 2
 FAILURE = "failure"  # user attr: why the objective failed (such a trial counts as done, no retry)
@@ -86,10 +86,10 @@ def make_storage(url: str) -> BaseStorage:
                 kwargs["connect_args"] = {"connect_timeout": 10}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return PatientRDBStorage(
+                return first_opener_wins(lambda: PatientRDBStorage(
                     with_driver(url), display_url=redact(url), engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S,
                     grace_period=GRACE_S,
-                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)))
         path = journal_path(url)
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))

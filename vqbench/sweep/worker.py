@@ -19,7 +19,7 @@ from typing import Any, Callable
 import optuna
 from omegaconf import OmegaConf
 
-from ..errors import UserError, WriteFailed, exception_line, one_line_warning, print_error
+from ..errors import WRITE_ERRNOS, UserError, WriteFailed, exception_line, one_line_warning, print_error
 from ..rundir import write_json_atomic
 from .spec import Param, SweepSpec
 from .rdb import StorageUnavailable, is_connection_error, lost_connection_line
@@ -162,6 +162,9 @@ class TrialObjective:
             self.fatal = exc
             raise
         except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:  # e.g. the trial folder on a full disk
+                self.fatal = WriteFailed(exc.filename or run_dir, exc)
+                raise self.fatal from exc
             # Diverged or impossible settings are results (this point is bad): no retry, counts as done.
             trial.set_user_attr(FAILURE, exception_line(exc))
             self.log(f"[worker {self.worker_index}] trial {trial.number} {_fmt(params)}  failed: {exc}")

@@ -22,10 +22,10 @@ from vqbench.data import TINY_CIFAR10
 from vqbench.registry import reset_registry
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-QUANTIZERS = ["vqvae", "gmvq"]  # Table 1 rows, so that the table shows them
+QUANTIZERS = ["vqvae", "vqvae-l2", "gmvq"]  # Table 1 rows, so that the table shows them
 # The bundled images through the npz loader: "cifar10" in the path puts them in Table 1's CIFAR10 column.
 RECIPE = [f"data.train={TINY_CIFAR10}", f"data.test={TINY_CIFAR10}", "data.limit=64", "data.test_limit=32",
-          "train.max_steps=8", "train.checkpoint_every=1", "train.batch_size=16", "train.eval_batch_size=32",
+          "train.max_steps=4", "train.checkpoint_every=1", "train.batch_size=16", "train.eval_batch_size=32",
           "train.kmeans_samples=64", "quantizer.num_codes=16", "model.channels=8", "model.latent_dim=8",
           "model.res_blocks=0", "device=cpu"]
 
@@ -77,8 +77,33 @@ def test_two_suites_at_once_finish_every_run_once_or_twice_and_the_table_reads_e
         table = capsys.readouterr().out
     finally:
         reset_registry()  # this process's registry knows the file's suite now
-    for label in ("| VQVAE |", "| GM-VQ |"):
+    for label in ("| VQVAE |", "| VQVAE + l_2 |", "| GM-VQ |"):
         (line,) = [row for row in table.splitlines() if row.startswith(label)]
         cells = [c.strip() for c in line.split("|")[2:-1]]
         assert re.fullmatch(r"\d+\.\d\d", cells[0]) and re.fullmatch(r"\d+\.\d", cells[3]), line  # ours: MSE, ppl
     assert not list(results.rglob("*.tmp")) and not list(out.rglob(".*.tmp"))
+
+
+def test_two_writers_of_one_checkpoint_interleaved_at_the_worst_moment(tmp_path, monkeypatch):
+    """What the two suites above do by chance, made certain: writer B saves the same run's
+    checkpoint in full while writer A is between fsyncing its temporary file and its renames.
+    Each needs its own temporary file (pid + time in the name) and a rotation that finds the
+    newest already moved; both files end whole."""
+    import torch
+
+    from vqbench.training.checkpoint import save_checkpoint
+
+    real_replace, interleaved = os.replace, []
+
+    def replace(src, dst):
+        if not interleaved and Path(dst).name == "checkpoint.prev.pt":  # A is about to rotate
+            interleaved.append(True)
+            save_checkpoint(tmp_path, {"model": {}, "step": 2})  # B, start to end
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    save_checkpoint(tmp_path, {"model": {}, "step": 1})  # A
+    monkeypatch.undo()
+    assert interleaved
+    steps = {torch.load(tmp_path / name, weights_only=True)["step"] for name in ("checkpoint.pt", "checkpoint.prev.pt")}
+    assert steps == {1, 2} and not list(tmp_path.glob(".*.tmp"))
