@@ -161,6 +161,15 @@ def load_results(results_dir: str | os.PathLike = "results", *, finished_only: b
     return table.sort_values("finished_at", kind="stable").reset_index(drop=True)
 
 
+def load_results_from(dirs: list[str | os.PathLike]) -> pd.DataFrame:
+    """The rows of several results folders merged, one per run (a run in two folders counts once)."""
+    tables = [t for t in (load_results(d) for d in dirs) if len(t)]
+    if not tables:
+        return load_results(dirs[0])
+    table = pd.concat(tables, ignore_index=True, sort=False).drop_duplicates("run_id", keep="last")
+    return table.sort_values("finished_at", kind="stable").reset_index(drop=True)
+
+
 def finished_hashes(results_dir: str | os.PathLike) -> set[str]:
     """Config hashes of the finished runs under ``results_dir`` (empty if it does not exist)."""
     if not Path(results_dir).expanduser().exists():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -74,9 +74,11 @@ def plan_suite(name: str, overrides: list[str] | None = None, seeds: list[int] |
     return plan
 
 
-def suite_hashes(name: str, overrides: list[str] | None = None) -> set[str]:
-    """Config hashes of a suite's runs: how :mod:`vqbench.results.table` picks the suite's rows."""
-    return {run.config_hash for run in plan_suite(name, overrides)}
+def suite_hashes(name: str, overrides: list[str] | None = None, extra_seeds: Iterable[int] = ()) -> set[str]:
+    """Config hashes of a suite's runs, with ``extra_seeds`` beside its own (runs made with
+    ``--seeds``): how the tables pick the suite's rows."""
+    seeds = sorted({*suite_spec(name).get("seeds", [0]), *(int(s) for s in extra_seeds)})
+    return {run.config_hash for run in plan_suite(name, overrides, seeds)}
 
 
 def run_suite(name: str, overrides: list[str] | None = None, seeds: list[int] | None = None,

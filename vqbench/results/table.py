@@ -18,6 +18,7 @@ import pandas as pd
 
 from ..errors import UserError, suggest
 from ..registry import get_quantizer_entry, registry_document
+from .compare import check_versus, compare, versus_note, versus_text
 
 COLUMNS = {"cifar10": "CIFAR10", "celeba": "CelebA"}
 # The paper's §5.1 recipe, for the heading's "differs from the paper" note.
@@ -29,7 +30,8 @@ PAPER = {"epochs": 100, "batch_size": 256, "lr": {"cifar10": 1e-2, "celeba": 1e-
 METRIC_COLUMNS = {"mse": ("MSE", 1e3, 2, "mse_e3"), "perplexity": ("ppl", 1.0, 1, "perplexity"),
                   "psnr": ("PSNR", 1.0, 2, None), "ssim": ("SSIM", 1.0, 4, None), "usage": ("usage", 1.0, 3, None),
                   "code_perplexity": ("code ppl", 1.0, 1, None), "codes_used": ("codes used", 1.0, 0, None)}
-DEFAULT_METRICS = ("mse", "perplexity")
+# code_perplexity beside the paper's perplexity: a soft q(c|x) can read 1024 while one code is used.
+DEFAULT_METRICS = ("mse", "perplexity", "code_perplexity")
 
 
 def check_metrics(metrics: list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -46,14 +48,16 @@ class Table1:
     frame: pd.DataFrame  # one row per Table 1 method, flat columns
     headings: dict[str, str] = field(default_factory=dict)  # column -> recipe note
     metrics: tuple[str, ...] = DEFAULT_METRICS
+    versus: str | None = None
 
     def title(self) -> str:
-        if self.metrics == DEFAULT_METRICS:
-            lines = ["Table 1 (GM-VQ paper): test MSE (x1e-3) and perplexity, ours beside the paper's"]
-        else:
-            long = {"mse": "MSE (x1e-3)", "psnr": "PSNR (dB)", "perplexity": "perplexity"}
-            names = ", ".join(long.get(m, METRIC_COLUMNS[m][0]) for m in self.metrics)
-            lines = [f"Table 1 (GM-VQ paper) rows: test {names}; ours beside the paper's where it reports one"]
+        long = {"mse": "MSE (x1e-3)", "psnr": "PSNR (dB)", "perplexity": "perplexity",
+                "code_perplexity": "code perplexity (of the argmax codes)"}
+        names = ", ".join(long.get(m, METRIC_COLUMNS[m][0]) for m in self.metrics)
+        lines = [f"Table 1 (GM-VQ paper) rows: test {names}; ours beside the paper's where it reports one; "
+                 "mean ± std (n) over seeds"]
+        if self.versus:
+            lines.append(versus_note(self.versus))
         lines += [f"{COLUMNS[d]}: {note}" for d, note in self.headings.items()]
         return "\n".join(lines)
 
@@ -96,7 +100,7 @@ def _pick_recipe(rows: pd.DataFrame, names: set[str]) -> str | None:
     return cover.sort_values(["n", "last"], ascending=False).index[0]
 
 
-def _cell(values: pd.Series, scale: float, digits: int) -> tuple[float | None, str]:
+def mean_std_cell(values: pd.Series, scale: float, digits: int) -> tuple[float | None, str]:
     if values.empty:
         return None, ""
     mean = float(values.mean()) * scale
@@ -106,12 +110,19 @@ def _cell(values: pd.Series, scale: float, digits: int) -> tuple[float | None, s
     return mean, text
 
 
+def results_seeds(results: pd.DataFrame) -> set[int]:
+    """The seeds that rows were run with (a suite's tables include runs made with ``--seeds``)."""
+    return {int(s) for s in results["seed"].dropna()} if "seed" in results else set()
+
+
 def build_table1(results: pd.DataFrame, suite: str | None = None,
-                 metrics: tuple[str, ...] = DEFAULT_METRICS) -> Table1:
-    """Table 1 from merged result rows (:func:`vqbench.rows.load_results`), ``metrics`` as columns."""
+                 metrics: tuple[str, ...] = DEFAULT_METRICS, versus: str | None = None) -> Table1:
+    """Table 1 from merged result rows (:func:`vqbench.rows.load_results`), ``metrics`` as columns;
+    with ``versus``, each method's difference from that one, marked when within noise."""
     metrics = check_metrics(metrics)
     methods = table1_methods()
     names = {n for n, _ in methods}
+    check_versus(versus, [n for n, _ in methods])
     chosen: dict[str, pd.DataFrame] = {}
     headings: dict[str, str] = {}
     if "paper_dataset" not in results:
@@ -119,7 +130,7 @@ def build_table1(results: pd.DataFrame, suite: str | None = None,
     if suite is not None:
         from .suite import suite_hashes
 
-        results = results[results["config_hash"].isin(suite_hashes(suite))]  # once, not per column
+        results = results[results["config_hash"].isin(suite_hashes(suite, extra_seeds=results_seeds(results)))]
     for dataset in COLUMNS:
         rows = results[results["paper_dataset"] == dataset]
         recipe = _pick_recipe(rows, names)
@@ -146,7 +157,7 @@ def build_table1(results: pd.DataFrame, suite: str | None = None,
             for metric in metrics:
                 label, scale, digits, key = METRIC_COLUMNS[metric]
                 values = done[metric].dropna() if metric in done else done.iloc[0:0, 0]  # rows from before it: none
-                mean, text = _cell(values, scale, digits)
+                mean, text = mean_std_cell(values, scale, digits)
                 if done.empty:
                     text = "failed" if len(mine) else "no run"
                 elif values.empty:
@@ -155,8 +166,13 @@ def build_table1(results: pd.DataFrame, suite: str | None = None,
                 if key is not None:
                     record[f"{col} {label} paper"] = ref.get(key)
                     record[f"{col} {label} diff"] = None if mean is None or key not in ref else round(mean - ref[key], digits)
+                if versus is not None:
+                    theirs = rows[(rows["quantizer"] == versus) & (rows["status"] == "finished")]
+                    tested = name != versus and not values.empty and metric in theirs and theirs[metric].notna().any()
+                    record[f"{col} {label} vs {versus}"] = (versus_text(compare(values, theirs[metric]), scale, digits)
+                                                           if tested else "")
         records.append(record)
-    return Table1(pd.DataFrame(records), headings, metrics)
+    return Table1(pd.DataFrame(records), headings, metrics, versus)
 
 
 def to_markdown(table: Table1) -> str:
