@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -16,6 +15,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .config_checks import check_ranges
 from .config_values import resolved as _resolved
 from .errors import UserError, first_line, suggest
 from .registry import registry_document, resolve_quantizer_kwargs
@@ -30,6 +30,7 @@ class DataConfig:
     test: Optional[str] = None
     limit: Optional[int] = None  # use only the first N training images
     test_limit: Optional[int] = None
+    validation: Optional[float] = None  # evaluate on the last N (or fraction) of the train images, not test
     image_size: Optional[int] = None  # None: the dataset's own (registry.yaml)
     test_fraction: float = 0.1  # image folders without a partition file
 
@@ -91,8 +92,8 @@ class RunConfig:
 # Keys that say where and how a run is stored, not what it computes: left out of the hash
 # (so a resumed run may change them and still find its run folder).
 _NOT_HASHED = ("out", "name", "device", "results")
-MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision
 _NOT_HASHED_TRAIN = ("checkpoint_every", "cuda_graph", "log", "log_images_every")  # cuda_graph: the same step, replayed
+_HASHED_IF_NOT = {("train", "matmul_precision"): "highest", ("data", "validation"): None}
 
 
 def parse_overrides(overrides: list[str]) -> DictConfig:
@@ -136,38 +137,6 @@ def _node_kind(cfg: DictConfig, key: str) -> str:
     return type(child).__name__ if child is not None else ""
 
 
-def _check_ranges(cfg: DictConfig) -> None:
-    t = cfg.train
-    checks = [
-        (t.epochs >= 1, "train.epochs must be ≥ 1"),
-        (t.max_steps is None or t.max_steps >= 1, "train.max_steps must be ≥ 1 (or null)"),
-        (t.batch_size >= 1, "train.batch_size must be ≥ 1"),
-        (t.eval_batch_size >= 1, "train.eval_batch_size must be ≥ 1"),
-        (t.lr is None or (math.isfinite(t.lr) and t.lr > 0), "train.lr must be a finite number > 0"),
-        (math.isfinite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay must be ≥ 0"),
-        (0 <= t.warmup_fraction < 1, "train.warmup_fraction must be in [0, 1)"),
-        (0 < t.warmup_start_factor <= 1, "train.warmup_start_factor must be in (0, 1]"),
-        (t.kmeans_samples >= 1, "train.kmeans_samples must be ≥ 1"),
-        (t.grad_clip is None or t.grad_clip > 0, "train.grad_clip must be > 0 (or null)"),
-        (t.amp in ("auto", "bf16", "none"), "train.amp must be auto, bf16 or none"),
-        (t.matmul_precision in MATMUL_PRECISIONS, "train.matmul_precision must be highest, high or medium"),
-        (t.checkpoint_every is None or t.checkpoint_every >= 1, "train.checkpoint_every must be ≥ 1"),
-        (t.log in ("none", "tensorboard"), "train.log must be none or tensorboard"),
-        (t.log_images_every >= 1, "train.log_images_every must be ≥ 1 (epochs)"),
-        (cfg.model.latent_dim >= 1, "model.latent_dim must be ≥ 1"),
-        (cfg.model.channels >= 1, "model.channels must be ≥ 1"),
-        (cfg.model.res_blocks >= 0, "model.res_blocks must be ≥ 0"),
-        (cfg.data.limit is None or cfg.data.limit >= 1, "data.limit must be ≥ 1 (or null)"),
-        (cfg.data.test_limit is None or cfg.data.test_limit >= 1, "data.test_limit must be ≥ 1"),
-        (0 < cfg.data.test_fraction < 1, "data.test_fraction must be in (0, 1)"),
-        (cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:"),
-         "device must be auto, cpu or cuda"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
-
-
 def resolve_config(
     quantizer: str | None = None,
     dataset: str | None = None,
@@ -208,7 +177,7 @@ def resolve_config(
         cfg.train.lr = float(dataset_spec["lr"])
     if cfg.data.image_size is None:
         cfg.data.image_size = int(dataset_spec["image_size"])
-    _check_ranges(cfg)
+    check_ranges(cfg)
 
     qsection = OmegaConf.to_container(cfg.quantizer, resolve=True)
     qname = qsection.pop("name", None)
@@ -242,6 +211,7 @@ def config_hash(cfg: DictConfig) -> str:
         data.pop(key, None)
     for key in _NOT_HASHED_TRAIN:
         data.get("train", {}).pop(key, None)
-    if data.get("train", {}).get("matmul_precision") == "highest":  # hashes from before the option stay
-        data["train"].pop("matmul_precision")
+    for (section, key), default in _HASHED_IF_NOT.items():  # hashes from before these options stay
+        if data.get(section, {}).get(key, default) == default:
+            data.get(section, {}).pop(key, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -24,7 +24,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 @dataclass
 class ImageData:
     train: Tensor  # uint8 (N, 3, H, W)
-    test: Tensor
+    test: Tensor  # what the run is evaluated on: the test split, or the validation images
+    eval_split: str = "test"  # or "validation": the last images of the train split (data.validation)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -75,19 +76,22 @@ def _npz_split(pattern: str | None, keys: tuple[str, ...], which: str) -> Tensor
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
-def load_npz(cfg) -> ImageData:
-    return ImageData(_npz_split(cfg.train, ("x", "x_train"), "train"), _npz_split(cfg.test, ("x", "x_test"), "test"))
+# Each loader reads the train split and, where with_test, the test split (else test is empty).
+def load_npz(cfg, with_test: bool = True) -> ImageData:
+    return ImageData(_npz_split(cfg.train, ("x", "x_train"), "train"),
+                     _npz_split(cfg.test, ("x", "x_test"), "test") if with_test else _NO_IMAGES)
 
 
-def load_cifar10_tiny(cfg) -> ImageData:
-    return ImageData(read_npz_images(TINY_CIFAR10, ("x_train",)), read_npz_images(TINY_CIFAR10, ("x_test",)))
+def load_cifar10_tiny(cfg, with_test: bool = True) -> ImageData:
+    return ImageData(read_npz_images(TINY_CIFAR10, ("x_train",)),
+                     read_npz_images(TINY_CIFAR10, ("x_test",)) if with_test else _NO_IMAGES)
 
 
-def load_cifar10(cfg) -> ImageData:
+def load_cifar10(cfg, with_test: bool = True) -> ImageData:
     from torchvision.datasets import CIFAR10
 
     splits = []
-    for train in (True, False):
+    for train in (True, False)[: 2 if with_test else 1]:
         try:
             dataset = CIFAR10(root=cfg.root, train=train, download=bool(cfg.download))
         except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
@@ -101,7 +105,7 @@ def load_cifar10(cfg) -> ImageData:
                 "--dataset npz data.train=... data.test=... or --dataset cifar10-tiny"
             ) from exc
         splits.append(_to_nchw(dataset.data, "CIFAR-10"))
-    return ImageData(*splits)
+    return ImageData(splits[0], splits[1] if with_test else _NO_IMAGES)
 
 
 def _center_crop_resize(path: Path, size: int) -> np.ndarray:
@@ -137,7 +141,7 @@ def _celeba_files(root: Path) -> tuple[list[Path], list[Path]]:
     return files, []
 
 
-def load_celeba(cfg) -> ImageData:
+def load_celeba(cfg, with_test: bool = True) -> ImageData:
     root = Path(cfg.root).expanduser()
     train_files, test_files = _celeba_files(root)
     if not train_files:
@@ -154,19 +158,32 @@ def load_celeba(cfg) -> ImageData:
     def stack(files: list[Path]) -> Tensor:
         return _to_nchw(np.stack([_center_crop_resize(p, size) for p in files]), str(root))
 
-    return ImageData(stack(train_files), stack(test_files))
+    return ImageData(stack(train_files), stack(test_files) if with_test else _NO_IMAGES)
 
 
+_NO_IMAGES = torch.empty(0, 3, 0, 0, dtype=torch.uint8)
 LOADERS = {"cifar10": load_cifar10, "cifar10_tiny": load_cifar10_tiny, "npz": load_npz, "celeba": load_celeba}
 
 
 def load_dataset(cfg) -> ImageData:
-    """Load ``cfg`` (the ``data`` section); limits apply after loading."""
+    """Load ``cfg`` (the ``data`` section); limits apply after loading.
+
+    With ``data.validation`` (a fraction, or a number of images) the last training images
+    (of the first ``data.limit``) are held out and the run is evaluated on them; the test split is then never read, so
+    tuning on it cannot happen by accident (sweeps always set it).
+    """
     spec = registry_document()["datasets"][cfg.name]
-    data = LOADERS[spec["loader"]](cfg)
-    if cfg.limit:
+    validation = cfg.get("validation")
+    data = LOADERS[spec["loader"]](cfg, with_test=validation is None)
+    if cfg.limit:  # first: the validation images are the last of the images a run may use
         data.train = data.train[: cfg.limit]
-    if cfg.test_limit:
+    if validation is not None:
+        n = int(validation) if validation >= 1 else int(round(len(data.train) * validation))
+        if not 1 <= n < len(data.train):
+            raise UserError(f"data.validation={validation:g} holds out {n} of the {len(data.train)} training "
+                            "images; hold out at least 1 and leave some to train on")
+        data = ImageData(data.train[:-n], data.train[-n:], eval_split="validation")
+    if cfg.test_limit and validation is None:
         data.test = data.test[: cfg.test_limit]
     if len(data.train) == 0 or len(data.test) == 0:
         raise UserError(f"dataset {cfg.name}: the train and test splits must both hold images")

@@ -77,7 +77,7 @@ def recipe_of(cfg: DictConfig, summary: dict[str, Any]) -> tuple[str, str]:
     data["num_codes"] = cfg.quantizer.get("num_codes")
     recipe_id = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
     source = cfg.data.name if cfg.data.name != "npz" else Path(str(cfg.data.train)).name
-    text = (f"{source}: {summary['train_images']} train / {summary['test_images']} test images, "
+    text = (f"{source}: {summary['train_images']} train / {summary['test_images']} {summary.get('eval_split') or 'test'} images, "
             f"{summary['epochs']} epochs = {summary['steps']} steps of batch {cfg.train.batch_size}, "
             f"lr {cfg.train.lr:g}")
     return recipe_id, text
@@ -96,6 +96,7 @@ def make_row(cfg: DictConfig, summary: dict[str, Any], status: str = "finished",
         "seed": int(cfg.seed), "epochs": summary.get("epochs"), "steps": summary.get("steps"),
         "batch_size": int(cfg.train.batch_size), "lr": float(cfg.train.lr),
         "train_images": summary.get("train_images"), "test_images": summary.get("test_images"),
+        "eval_split": summary.get("eval_split", "test"),
         "recipe_id": recipe_id, "recipe": recipe,
         **{m: summary.get(m) for m in METRICS},
         "num_codes": summary.get("num_codes"), "mean_image_mse": summary.get("mean_image_mse"),

@@ -125,6 +125,8 @@ def build_table1(results: pd.DataFrame, suite: str | None = None,
     check_versus(versus, [n for n, _ in methods])
     chosen: dict[str, pd.DataFrame] = {}
     headings: dict[str, str] = {}
+    if "eval_split" in results:  # Table 1 is of test metrics: runs evaluated on validation images are tuning
+        results = results[results["eval_split"].fillna("test") == "test"]
     if "paper_dataset" not in results:
         results = results.assign(paper_dataset=None)
     if suite is not None:

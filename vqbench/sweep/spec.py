@@ -22,6 +22,7 @@ TOP_KEYS = ("description", "base", "space", "objectives", "sampler", "pruner", "
 BASE_KEYS = ("quantizer", "dataset", "model", "overrides")
 PARAM_TYPES = ("float", "int", "categorical")
 METRICS = ("mse", "perplexity", "code_perplexity", "codes_used")  # fit's summary / per-epoch record
+VALIDATION = 0.1  # the share of the training images a sweep holds out to evaluate its trials
 SAMPLERS = ("tpe", "random", "nsga2", "qmc")
 PRUNERS = ("median", "percentile", "successive-halving", "hyperband", "none")
 
@@ -83,10 +84,16 @@ class SweepSpec:
         return replace(self, dataset=dataset or self.dataset, overrides=self.overrides + tuple(overrides))
 
     def run_config(self, params: dict[str, Any], extra: list[str] | tuple = ()) -> DictConfig:
-        """The resolved run config of one trial: base ← overrides ← fixed and sampled params ← extra."""
+        """One trial's resolved run config: base ← overrides ← fixed and sampled params ← extra;
+        evaluated on held-out training images (data.validation), never on the test split."""
         values = {p.key: p.value for p in self.space if p.type == "fixed"} | params
-        dotlist = list(self.overrides) + [f"{k}={_yaml_scalar(v)}" for k, v in values.items()] + list(extra)
-        return resolve_config(self.quantizer, self.dataset, self.model, dotlist)
+        dotlist = ([f"data.validation={VALIDATION}", *self.overrides]
+                   + [f"{k}={_yaml_scalar(v)}" for k, v in values.items()] + list(extra))
+        cfg = resolve_config(self.quantizer, self.dataset, self.model, dotlist)
+        if cfg.data.validation is None:
+            raise UserError(f"sweep {self.name}: data.validation=null would tune on the test split; "
+                            f"sweeps hold out training images (a fraction, e.g. {VALIDATION}, or a count)")
+        return cfg
 
     def base_config(self) -> DictConfig:
         """The run config at a probe point of the space; raises UserError on a bad key or value."""
@@ -158,9 +165,7 @@ def parse_sweep(doc: Any, path: Path) -> SweepSpec:
     if not any(p.type != "fixed" for p in params):
         raise bad("space", "fixes every key; give at least one a range or choices")
 
-    objectives = doc["objectives"]
-    if isinstance(objectives, dict):
-        objectives = [objectives]
+    objectives = [doc["objectives"]] if isinstance(doc["objectives"], dict) else doc["objectives"]
     if not isinstance(objectives, list) or not objectives:
         raise bad("objectives", "must be a list like [{metric: mse, direction: minimize}]")
     parsed = []
@@ -227,9 +232,8 @@ def _parse_param(key: str, value: Any, bad) -> Param:
     step = value.get("step")
     if step is not None and (log or not isinstance(step, (int, float)) or step <= 0):
         raise bad(f"{where}.step", "must be a number > 0 and cannot be combined with log: true")
-    if kind == "int":
-        low, high = int(low), int(high)
-    return Param(key, kind, low=low, high=high, log=log, step=step)
+    cast = int if kind == "int" else (lambda v: v)
+    return Param(key, kind, low=cast(low), high=cast(high), log=log, step=step)
 
 
 def _check_named(section: Any, key: str, names: tuple[str, ...], bad) -> None:

@@ -85,7 +85,8 @@ def finished_summary(identity: dict[str, Any], history: list[dict[str, Any]], da
         "images_per_s": images_seen * world_size / max(train_seconds, 1e-9),
         "steady_images_per_s": steady_throughput(history, images_per_step),
         "train_seconds": train_seconds,
-        "train_images": len(data.train), "test_images": len(data.test),
+        "train_images": len(data.train), "test_images": len(data.test),  # test_images: the evaluated ones
+        "eval_split": data.eval_split,  # metrics of the test split, or of held-out training images
         "wall_s": time.perf_counter() - started, "world_size": world_size,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }

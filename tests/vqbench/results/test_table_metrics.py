@@ -35,11 +35,12 @@ def test_optional_columns(results):
     assert "PSNR (dB)" in table.title()
 
 
-def test_default_is_the_papers_layout(results):
+def test_default_is_the_papers_layout_with_code_perplexity_beside(results):
     default = build_table1(load_results(results))
     assert [c for c in default.frame.columns if c.startswith("CIFAR10")] == [
-        "CIFAR10 MSE", "CIFAR10 MSE paper", "CIFAR10 MSE diff", "CIFAR10 ppl", "CIFAR10 ppl paper", "CIFAR10 ppl diff"]
-    assert default.title().startswith("Table 1 (GM-VQ paper): test MSE (x1e-3) and perplexity")
+        "CIFAR10 MSE", "CIFAR10 MSE paper", "CIFAR10 MSE diff", "CIFAR10 ppl", "CIFAR10 ppl paper", "CIFAR10 ppl diff",
+        "CIFAR10 code ppl"]  # a soft q(c|x) can read 1024 while one code is used: the argmax codes' beside it
+    assert default.title().startswith("Table 1 (GM-VQ paper) rows: test MSE (x1e-3), perplexity, code perplexity")
 
 
 def test_cli_and_unknown_metrics(results, capsys):
