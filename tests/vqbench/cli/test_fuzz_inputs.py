@@ -110,7 +110,13 @@ def _plausible_value(k: str) -> st.SearchStrategy[str]:
 
 plausible = st.sampled_from(CONFIG_KEYS + QUANTIZER_KEYS).flatmap(
     lambda k: _plausible_value(k).map(lambda v: f"{k}={v}"))
-override = st.one_of(plausible, plausible, override)
+# A real key and a value YAML cannot parse or refuses to build (each a yaml.* exception inside
+# OmegaConf): drawn often enough that every 200-case run meets dozens, not by chance.
+unparsable = st.sampled_from(["[", "{", "}", "'", '"', "%", "@", "*alias", "!!python/object:os.system", "\t-",
+                              "a\x1bb", "!!binary x", "[1, 2", "{a: 1"])
+unparsable_override = st.sampled_from(CONFIG_KEYS + QUANTIZER_KEYS).flatmap(
+    lambda k: unparsable.map(lambda v: f"{k}={v}"))
+override = st.one_of(plausible, plausible, plausible, plausible, override, override, unparsable_override)
 name = st.one_of(st.sampled_from(QUANTIZERS + DATASETS + SUITES + SWEEPS + ["conv32", "conv128"]), text,
                  st.sampled_from(QUANTIZERS).map(lambda q: q + "x"))
 number = st.one_of(st.sampled_from(["1", "2", "3"]), st.sampled_from(["1", "2"]), st.integers(-3, 5).map(str),
