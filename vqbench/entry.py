@@ -76,6 +76,8 @@ def coerce_value(qname: str, key: str, value: Any, default: Any) -> Any:
             return float(value)
     elif isinstance(value, kind):
         return value
+    elif kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value  # "auto" or a number (GM-VQ precision_init, SQ-VAE log_var_init): the class checks
     raise UserError(f"quantizer {qname!r}: {key} must be a {kind.__name__}, got {value!r}")
 
 

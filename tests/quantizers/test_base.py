@@ -149,7 +149,7 @@ def test_annealed_and_codebook_mixins_combine_in_the_stochastic_quantizers():
 
 @pytest.mark.parametrize("cls, keys", [
     (GMVQ, ["embedding", "tau", "precision_scale", "calibrated", "weight_head.weight", "weight_head.bias"]),
-    (SQVAE, ["embedding", "log_var", "tau"]),
+    (SQVAE, ["embedding", "log_var", "tau", "calibrated"]),  # calibrated: log_var_init="auto" (issue 16)
     (GumbelQuantizer, ["embedding", "tau", "proj.weight", "proj.bias"]),
     (VectorQuantizer, ["embedding"]),
 ])

@@ -105,3 +105,17 @@ def test_regression_straight_through_forward_is_exactly_one_hot() -> None:
     log_pi = torch.log_softmax(torch.randn(1000, 5, dtype=F64, generator=torch.Generator().manual_seed(0)), -1)
     c_q, j, _ = Fq.gumbel_softmax_st(log_pi, 0.5)
     assert ((c_q == 0) | (c_q == 1)).all()
+
+
+def test_squared_distances_are_fp32_under_bf16_autocast():
+    """Autocast would run the x·μ matmul in bf16, where the argmin among close codes flips (the
+    codes here are 1e-3 apart on latents of scale 1e-2, like a k-means codebook at init)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 64, generator=g) * 1e-2
+    codebook = x[:256] + torch.randn(256, 64, generator=g) * 1e-3
+    exact = Fq.squared_distances(x, codebook)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = Fq.squared_distances(x, codebook)
+        plain_bf16 = (x.pow(2).sum(-1, keepdim=True) - 2.0 * x @ codebook.t() + codebook.pow(2).sum(-1))
+    assert (plain_bf16.argmin(-1) != exact.argmin(-1)).any()  # the defect this guards against is real here
+    assert torch.equal(under_autocast, exact)

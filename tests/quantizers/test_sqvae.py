@@ -40,7 +40,9 @@ def test_sqvae_variance_self_anneals_on_a_small_problem():
         x = centres[torch.randint(8, (128,))] + 0.05 * torch.randn(128, 64)
         enc, dec = torch.nn.Linear(64, 4), torch.nn.Linear(4, 64)
         q = build("sqvae", num_codes=16, dim=4)
+        v = float(enc(x).detach().var(0).mean())  # log_var_init="auto": σ² = e³ · v, their ratio at our scale
         q.init_codebook(enc(x).detach(), torch.Generator().manual_seed(0))
+        assert float(q.variance) == pytest.approx(math.exp(3.0) * v, rel=1e-5)
         opt = runner_optimizer(q, [*enc.parameters(), *dec.parameters()])
         variances = []
         for step in range(150):
@@ -54,7 +56,20 @@ def test_sqvae_variance_self_anneals_on_a_small_problem():
             variances.append(float(q.variance))
     finally:
         torch.set_num_threads(threads)
-    assert variances[0] == pytest.approx(math.exp(3.0), rel=0.05)
+    assert variances[0] == pytest.approx(math.exp(3.0) * v, rel=0.05)
     early, late = sum(variances[10:30]) / 20, sum(variances[-20:]) / 20
     assert late < 0.5 * early, (early, late)
     assert "log_var" in q.state_dict()
+
+
+def test_sqvae_fixed_log_var_init_is_theirs_and_auto_calibrates_on_the_first_batch():
+    fixed = build("sqvae", num_codes=8, dim=3, log_var_init=3.0)
+    fixed(torch.randn(40, 3) * 1e-2)
+    assert float(fixed.variance) == pytest.approx(math.exp(3.0))  # theirs: no data scaling
+    auto = build("sqvae", num_codes=8, dim=3)  # no k-means init: the first training batch sets it
+    z = torch.randn(40, 3, generator=torch.Generator().manual_seed(1)) * 1e-2
+    auto(z)
+    assert float(auto.variance) == pytest.approx(math.exp(3.0) * float(z.var(0).mean()), rel=1e-5)
+    auto(z * 100)  # once set, later batches do not move it
+    assert float(auto.variance) == pytest.approx(math.exp(3.0) * float(z.var(0).mean()), rel=1e-5)
+    assert bool(auto.state_dict()["calibrated"])
