@@ -46,3 +46,13 @@ def test_performance_options_keep_the_config_hash():
     tf32 = resolve_config("gmvq", "cifar10-tiny", None, ["train.matmul_precision=high"])
     assert config_hash(base) == config_hash(same)  # the same function, replayed
     assert config_hash(base) != config_hash(tf32)  # TF32 changes the numbers
+
+
+def test_an_auto_or_number_option_takes_a_number_and_a_keyword_option_refuses_one():
+    from vqbench.registry import build_quantizer
+
+    cfg = resolve_config("gmvq", "cifar10-tiny", overrides=["quantizer.precision_init=1.0"])
+    assert cfg.quantizer.precision_init == 1.0  # the paper-literal ŵ = softplus(r̂) (issue 16 compares it)
+    assert resolve_config("sqvae", "cifar10-tiny", overrides=["quantizer.log_var_init=3"]).quantizer.log_var_init == 3
+    with pytest.raises(UserError, match="latreg"):
+        build_quantizer("gmvq", num_codes=8, dim=4, latreg=3)
