@@ -1,0 +1,123 @@
+"""Mutation-test one module: ``python tools/mutate.py MODULE [TEST ...] [--jobs N] [--show]``.
+
+MODULE is a path (``quantizers/fsq.py``, ``vqbench/training/evaluation.py``). The tests run
+against each mutant are the module's mirrored test files (``tests/<package>/test_<stem>.py`` and
+``test_<stem>_*.py`` beside it) unless TEST paths are given (``tests/...py`` or ``-k``-free node
+ids). mutmut 3 runs the tests once to learn which test reaches which function, then runs each
+mutant in a forked worker with only the tests that reach the mutated function.
+
+The work happens in ``.mutation/<module>/`` (git-ignored): a copy of the tree with a
+``[tool.mutmut]`` section for this module, so nothing in the checkout is touched and the cache
+there makes a re-run with the same tests resume. ``--fresh`` starts over.
+
+Prints killed / survived / timed out / no tests, the score (killed + timed out over the mutants
+that some test reaches) and, with ``--show``, the diff of every survivor. Exit 0 always; the
+score is for a human (docs/testing.md), not a gate. Needs ``pip install -e '.[mutation]'``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+COPIED = ["quantizers", "vqbench", "tests", "registry.yaml", "sweeps", "pyproject.toml", "examples"]
+# the console script, not `python -m mutmut` (mutmut warns that -m re-executes its __main__)
+MUTMUT = [shutil.which("mutmut", path=str(Path(sys.executable).parent)) or "mutmut"]
+IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis", ".pytest_cache", "*.egg-info")
+
+
+def default_tests(module: Path) -> list[str]:
+    folder = REPO / "tests" / module.parent
+    found = sorted({*folder.glob(f"test_{module.stem}.py"), *folder.glob(f"test_{module.stem}_*.py")})
+    return [str(p.relative_to(REPO)) for p in found]
+
+
+def prepare(work: Path, module: Path, tests: list[str], fresh: bool) -> None:
+    if fresh and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    for name in COPIED:  # refresh the sources; mutmut's cache under mutants/ notices what changed
+        src, dst = REPO / name, work / name
+        if dst.is_dir():
+            shutil.rmtree(dst)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=IGNORE)
+        elif src.exists():
+            shutil.copy2(src, dst)
+    section = "\n".join([
+        "", "[tool.mutmut]",
+        'source_paths = ["quantizers", "vqbench"]',
+        f'only_mutate = ["{module.as_posix()}"]',
+        'also_copy = ["registry.yaml", "sweeps", "examples"]',
+        f"pytest_add_cli_args_test_selection = {tests!r}".replace("'", '"'),
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x", "--no-header"]',
+        "timeout_multiplier = 5.0",
+        "timeout_constant = 5.0",
+        "",
+    ])
+    with open(work / "pyproject.toml", "a") as f:
+        f.write(section)
+    mutants = work / "mutants"
+    if mutants.exists():  # the source copies there are refreshed from the new copy
+        for name in ("quantizers", "vqbench", "tests"):
+            shutil.rmtree(mutants / name, ignore_errors=True)
+
+
+def summarise(work: Path, env: dict, show: bool) -> None:
+    out = subprocess.run([*MUTMUT, "results", "--all", "true"], cwd=work, env=env,
+                         capture_output=True, text=True).stdout
+    status = dict(re.findall(r"^\s+(\S+): (.+)$", out, flags=re.M))
+    counts: dict[str, int] = {}
+    for s in status.values():
+        counts[s] = counts.get(s, 0) + 1
+    killed, timeout = counts.get("killed", 0), counts.get("timeout", 0)
+    reached = sum(n for s, n in counts.items() if s != "no tests")
+    print(f"mutants {len(status)}: " + ", ".join(f"{s} {n}" for s, n in sorted(counts.items())))
+    if reached:
+        print(f"score {(killed + timeout) / reached:.1%} (killed + timed out over the {reached} a test reaches)")
+    for name, s in sorted(status.items()):
+        if s in ("killed",):
+            continue
+        print(f"  {s}: {name}")
+        if show and s != "timeout":
+            diff = subprocess.run([*MUTMUT, "show", name], cwd=work, env=env,
+                                  capture_output=True, text=True).stdout
+            print("\n".join("      " + line for line in diff.splitlines()[1:] if line[:1] in "+-@"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("module", type=Path)
+    parser.add_argument("tests", nargs="*")
+    parser.add_argument("--jobs", type=int, default=2, help="forked mutant workers (default 2)")
+    parser.add_argument("--show", action="store_true", help="print every survivor's diff")
+    parser.add_argument("--fresh", action="store_true", help="forget earlier results of this module")
+    parser.add_argument("--summary", action="store_true", help="only print the last run's results")
+    args = parser.parse_args(argv)
+    module = Path(os.path.relpath(Path(args.module).resolve(), REPO))
+    tests = args.tests or default_tests(module)
+    if not tests:
+        parser.error(f"no tests/{module.parent}/test_{module.stem}*.py; name the tests to run")
+    work = REPO / ".mutation" / module.with_suffix("").as_posix().replace("/", ".")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "VQBENCH_NO_PROGRESS": "1",
+           "PYTHONPATH": ""}
+    if not args.summary:
+        prepare(work, module, tests, args.fresh)
+        print(f"mutating {module} with {' '.join(tests)} in {work}", flush=True)
+        log = work / "mutmut.log"  # mutmut's spinner output; its last lines say why a run stopped
+        with open(log, "w") as f:
+            rc = subprocess.run([*MUTMUT, "run", "--max-children", str(args.jobs)], cwd=work, env=env,
+                                stdout=f, stderr=subprocess.STDOUT).returncode
+        tail = re.sub(r"[^\n]*\r", "", log.read_bytes().decode(errors="replace")).splitlines()[-8:]
+        speed = [line for line in tail if "mutations/second" in line]
+        print(speed[0] if speed and rc == 0 else f"mutmut exited {rc}; the end of {log}:\n" + "\n".join(tail))
+    summarise(work, env, args.show)
+
+
+if __name__ == "__main__":
+    main()
