@@ -36,3 +36,29 @@ def test_gumbel_logits_come_from_the_projection_not_distances():
         q.embedding.mul_(-3.0).add_(5.0)
     torch.testing.assert_close(q(z).probs, before)
     assert "proj.weight" in q.state_dict()
+
+
+def test_gumbel_sample_and_its_gradient_use_seeded_noise_and_the_annealed_tau():
+    """Forward: codebook[argmax(log q + g)]; backward: the Jacobian of y = softmax((log q +
+    g)/τ) with τ from set_progress (2.0 · 0.05^f), not a fixed τ."""
+    torch.manual_seed(9)
+    q = build("gumbel-vqvae", num_codes=8, dim=4)
+    q.set_progress(0.25)
+    tau = 2.0 * (0.1 / 2.0) ** 0.25
+    z = torch.randn(30, 4, requires_grad=True)
+    w = torch.randn(30, 4)
+    torch.manual_seed(321)
+    out = q(z)
+    (grad,) = torch.autograd.grad((out.z_q * w).sum(), z)
+    torch.manual_seed(321)
+    u = torch.rand(30, 8).clamp(torch.finfo(torch.float32).tiny, 1 - 1e-7)
+    g = -torch.log(-torch.log(u))
+    log_q = torch.log_softmax(q.proj(z), -1)
+    y = torch.softmax((log_q + g) / tau, -1)
+    hard = torch.nn.functional.one_hot((log_q + g).argmax(-1), 8).float()
+    ref = (hard + y - y.detach()) @ q.embedding
+    assert torch.equal(out.indices, (log_q + g).argmax(-1))
+    torch.testing.assert_close(out.z_q, ref.detach())
+    (grad_ref,) = torch.autograd.grad((ref * w).sum(), z)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-4, atol=1e-6)
+    assert math.isclose(float(out.terms["tau"]), tau, rel_tol=1e-6)

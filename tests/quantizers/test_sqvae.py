@@ -73,3 +73,24 @@ def test_sqvae_fixed_log_var_init_is_theirs_and_auto_calibrates_on_the_first_bat
     auto(z * 100)  # once set, later batches do not move it
     assert float(auto.variance) == pytest.approx(math.exp(3.0) * float(z.var(0).mean()), rel=1e-5)
     assert bool(auto.state_dict()["calibrated"])
+
+
+def test_sqvae_training_sample_is_the_gumbel_softmax_of_seeded_noise():
+    """z_q = softmax((log p + g)/τ) @ E with g the Gumbel noise the global RNG draws, and τ
+    from the schedule (set_progress)."""
+    torch.manual_seed(5)
+    q = build("sqvae", num_codes=8, dim=3)
+    q.set_progress(0.5)
+    tau = 2.0 * (0.1 / 2.0) ** 0.5
+    assert float(q.tau) == pytest.approx(tau, rel=1e-6)
+    z = torch.randn(30, 3)
+    torch.manual_seed(123)
+    out = q(z)
+    torch.manual_seed(123)
+    u = torch.rand(30, 8).clamp(torch.finfo(torch.float32).tiny, 1 - 1e-7)
+    g = -torch.log(-torch.log(u))
+    log_p = torch.log_softmax(-0.5 * torch.cdist(z, q.embedding.detach()).pow(2) / q.log_var.exp().detach(), -1)
+    y = torch.softmax((log_p + g) / tau, -1)
+    torch.testing.assert_close(out.z_q, y @ q.embedding.detach(), rtol=1e-4, atol=1e-5)
+    assert torch.equal(out.indices, (log_p + g).argmax(-1))
+    assert out.terms["tau"] == pytest.approx(tau, rel=1e-6)

@@ -139,3 +139,27 @@ def test_opt_sync_gradient_is_applied_by_the_inner_step_only():
     plain.after_optimizer_step()
     torch.testing.assert_close(q.embedding.detach(), plain.embedding.detach() - q.inner_lr * grad)
     assert q.embedding.grad is None
+
+
+@pytest.mark.parametrize("commitment", [0.25, 0.7])
+def test_vqvae_loss_gradients_equal_their_closed_forms(commitment):
+    """L = mean‖sg[ẑ] − e_j‖² + β mean‖ẑ − sg[e_j]‖² over the N·D elements (eq. 2):
+    ∂L/∂ẑ = 2β(ẑ − e_j)/(ND), ∂L/∂e_c = Σ_{n→c} 2(e_c − ẑ_n)/(ND); the STE passes the task
+    gradient to ẑ unchanged and none to the codebook."""
+    torch.manual_seed(11)
+    q = build("vqvae", num_codes=6, dim=3, commitment=commitment)
+    z = torch.randn(20, 3, dtype=torch.float32, requires_grad=True)
+    out = q(z)
+    e = q.embedding.detach()
+    j = torch.cdist(z.detach(), e).argmin(-1)
+    assert torch.equal(out.indices, j)
+    grad_z, grad_e = torch.autograd.grad(out.loss, (z, q.embedding))
+    n_el = z.numel()
+    torch.testing.assert_close(grad_z, 2 * commitment * (z.detach() - e[j]) / n_el)
+    expected_e = torch.zeros_like(e).index_add_(0, j, 2 * (e[j] - z.detach()) / n_el)
+    torch.testing.assert_close(grad_e, expected_e)
+    torch.testing.assert_close(out.loss, ((e[j] - z.detach()).pow(2).mean() * (1 + commitment)))
+    w = torch.randn(20, 3)
+    grad_task_z, grad_task_e = torch.autograd.grad((q(z).z_q * w).sum(), (z, q.embedding), allow_unused=True)
+    torch.testing.assert_close(grad_task_z, w)
+    assert grad_task_e is None or not grad_task_e.any()
