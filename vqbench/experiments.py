@@ -47,6 +47,12 @@ def make_mlp(generator: torch.Generator) -> nn.Module:
     return nn.Sequential(*layers).double()
 
 
+def exact_gradient(pi: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """g* = π ⊙ (F − πᵀF): the gradient of E_π f = πᵀF with respect to the logits of π, one
+    row per row of ``pi`` (T, C); ``values`` is F (C,)."""
+    return pi * (values - (pi @ values)[:, None])
+
+
 def gradient_bias(seed: int, temperatures: np.ndarray = TEMPERATURES, repeats: int = REPEATS,
                   tau: float = TAU) -> SeedResult:
     """Entropy and straight-through Gumbel-softmax gradient bias at each temperature, one seed."""
@@ -60,7 +66,7 @@ def gradient_bias(seed: int, temperatures: np.ndarray = TEMPERATURES, repeats: i
     with torch.no_grad():
         pi = torch.softmax(logits, -1)
         values = f(torch.eye(NUM_CLASSES, dtype=torch.float64)).squeeze(-1)  # F_c = f(e_c)
-        exact = pi * (values - (pi @ values)[:, None])  # g* = π ⊙ (F − πᵀF)
+        exact = exact_gradient(pi, values)
         entropy = Fq.entropy(pi)
 
     log_pi = torch.log_softmax(logits, -1)[:, None, :].expand(-1, repeats, -1)  # (T, R, 10)

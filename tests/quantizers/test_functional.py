@@ -119,3 +119,23 @@ def test_squared_distances_are_fp32_under_bf16_autocast():
         plain_bf16 = (x.pow(2).sum(-1, keepdim=True) - 2.0 * x @ codebook.t() + codebook.pow(2).sum(-1))
     assert (plain_bf16.argmin(-1) != exact.argmin(-1)).any()  # the defect this guards against is real here
     assert torch.equal(under_autocast, exact)
+
+
+def test_kmeans_centroids_are_their_clusters_means_and_empty_clusters_are_reseeded() -> None:
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]], dtype=F64)
+    x = centres[torch.arange(300) % 3] + torch.randn(300, 2, dtype=F64, generator=g)
+    c = Fq.kmeans(x, 3, generator=torch.Generator().manual_seed(1))
+    assign = torch.cdist(x, c).argmin(-1)
+    for k in range(3):  # a fixed point of Lloyd's step: each centroid is its cluster's mean
+        torch.testing.assert_close(c[k], x[assign == k].mean(0))
+    assert sorted(torch.bincount(assign, minlength=3).tolist()) == [100, 100, 100]
+    start = Fq.kmeans(x, 3, iters=0, generator=torch.Generator().manual_seed(1))
+    assert all(bool((x == row).all(-1).any()) for row in start), "iters=0: distinct random samples"
+    # A sample repeated, more codes than distinct points: empty clusters are re-seeded from
+    # samples, so every centroid stays a data point, never a stale or NaN one.
+    y = torch.tensor([[0.0, 0.0]] * 6 + [[1.0, 1.0]] * 2, dtype=F64)
+    c = Fq.kmeans(y, 4, generator=torch.Generator().manual_seed(2))
+    assert torch.isfinite(c).all() and all(bool((y == row).all(-1).any()) for row in c)
+    with pytest.raises(ValueError, match="at least one sample"):
+        Fq.kmeans(y[:0], 2)

@@ -269,3 +269,32 @@ def test_gmvq_bound_is_registered() -> None:
     assert "z_entropy_bound" in out.terms and torch.isfinite(out.loss)
     with pytest.raises(ValueError, match="aggregated"):
         type(q)(num_codes=4, dim=3, objective="bound", latreg="sampled")
+
+
+def test_precision_scale_after_init_codebook_is_dim_over_the_mean_nearest_code_distance() -> None:
+    """s = L / mean_n min_c ‖ẑ_n − μ_c‖² on the k-means codebook (the module docstring), not
+    the mean distance to all codes (which is far larger on clustered data)."""
+    from quantizers.gmvq import GMVQ
+
+    g = torch.Generator().manual_seed(0)
+    centres = 5 * torch.randn(8, 4, generator=g)
+    z = centres[torch.randint(8, (400,), generator=g)] + 0.1 * torch.randn(400, 4, generator=g)
+    q = GMVQ(num_codes=8, dim=4)
+    assert not bool(q.calibrated)
+    q.init_codebook(z, generator=torch.Generator().manual_seed(1))
+    nearest = torch.cdist(z, q.embedding.detach()).pow(2).min(-1).values.mean()
+    assert float(q.precision_scale) == pytest.approx(4 / float(nearest), rel=1e-5)
+    assert bool(q.calibrated)
+    fixed = GMVQ(num_codes=8, dim=4, precision_init=3.0)
+    fixed.init_codebook(z)
+    assert float(fixed.precision_scale) == 3.0
+
+
+def test_head_learns_at_head_lr_scale_in_its_own_group() -> None:
+    from quantizers.gmvq import GMVQ
+
+    q = GMVQ(num_codes=8, dim=4, head_lr_scale=0.3)
+    groups = q.param_groups()
+    assert groups[0]["params"] == [q.embedding] and "lr_scale" not in groups[0]
+    assert groups[1]["lr_scale"] == 0.3
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in q.weight_head.parameters()}

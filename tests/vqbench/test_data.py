@@ -34,3 +34,61 @@ def test_cifar10_without_download_says_how_to_fix(tmp_path):
     cfg = resolve_config("vqvae", "cifar10", None, [f"data.root={tmp_path}", "data.download=false"])
     with pytest.raises(UserError, match="data.download=true"):
         load_dataset(cfg.data)
+
+
+def test_npz_layout_round_trips_pixel_exact(tmp_path):
+    """(N, H, W, 3) arrays become (N, 3, H, W) by a transpose, pixel for pixel; non-square
+    images and two shards (concatenated in sorted order) make a reshape show."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    shards = [rng.integers(0, 256, (n, 6, 10, 3), dtype=np.uint8) for n in (3, 2)]
+    for i, arr in enumerate(shards):
+        np.savez(tmp_path / f"train-{i}.npz", x=arr)
+    test = rng.integers(0, 256, (4, 6, 10, 3), dtype=np.uint8)
+    np.savez(tmp_path / "test.npz", x_test=test)
+    cfg = resolve_config("vqvae", "npz", None, [f"data.train={tmp_path}/train-*.npz", f"data.test={tmp_path}/test.npz",
+                                                  "data.test_limit=3"])
+    data = load_dataset(cfg.data)
+    expected = np.concatenate(shards)
+    assert data.train.shape == (5, 3, 6, 10) and data.train.dtype == torch.uint8
+    for n, c, h, w in [(0, 0, 0, 0), (1, 2, 5, 9), (4, 1, 3, 7), (2, 0, 5, 0)]:
+        assert int(data.train[n, c, h, w]) == int(expected[n, h, w, c])
+    assert torch.equal(data.train, torch.from_numpy(expected).permute(0, 3, 1, 2))
+    assert torch.equal(data.test, torch.from_numpy(test[:3]).permute(0, 3, 1, 2))
+    assert data.image_shape == (3, 6, 10)
+
+
+def _banded(path, w, h, centre=(0, 200, 0)):
+    """A w×h image: the centred min(w, h) square in ``centre``, red on the left, blue on the right."""
+    from PIL import Image
+
+    image = Image.new("RGB", (w, h), centre)
+    side = min(w, h)
+    left = (w - side) // 2
+    image.paste((255, 0, 0), (0, 0, left, h))
+    image.paste((0, 0, 255), (left + side, 0, w, h))
+    image.save(path)
+
+
+def test_celeba_center_crop_of_a_non_square_image(tmp_path):
+    """A 60×40 image: the centre 40×40 (uniform green) resized to image_size, no side bands."""
+    for i in range(4):
+        _banded(tmp_path / f"{i:03d}.png", 60, 40)
+    cfg = resolve_config("vqvae", "celeba", None, [f"data.root={tmp_path}", "data.image_size=16", "data.test_fraction=0.25"])
+    data = load_dataset(cfg.data)
+    assert data.train.shape == (3, 3, 16, 16) and data.test.shape == (1, 3, 16, 16)
+    green = torch.tensor([0, 200, 0], dtype=torch.uint8)[None, :, None, None]
+    assert (data.train.int() - green.int()).abs().max() <= 1
+
+
+def test_celeba_partition_file_splits_train_and_test(tmp_path):
+    folder = tmp_path / "celeba" / "img_align_celeba"
+    folder.mkdir(parents=True)
+    colours = {"a.png": (10, 0, 0), "b.png": (20, 0, 0), "c.png": (30, 0, 0), "d.png": (40, 0, 0)}
+    for name, colour in colours.items():
+        _banded(folder / name, 20, 20, colour)
+    (tmp_path / "celeba" / "list_eval_partition.txt").write_text("a.png 0\nb.png 1\nc.png 2\nd.png 0\nmissing.png 0\n")
+    cfg = resolve_config("vqvae", "celeba", None, [f"data.root={tmp_path}", "data.image_size=8"])
+    data = load_dataset(cfg.data)
+    assert data.train[:, 0, 0, 0].tolist() == [10, 40] and data.test[:, 0, 0, 0].tolist() == [30]

@@ -91,3 +91,49 @@ def test_evaluate_scores_the_reconstructions_its_mse_scores():
     assert metrics["usage"] == metrics["codes_used"] / 16 == len(out.indices.unique()) / 16
     assert {"psnr", "ssim", "usage"} <= set(METRICS)
     assert all(np.isfinite(metrics[k]) for k in metrics)
+
+
+class _StubQuantizer(torch.nn.Module):
+    num_codes = 4
+
+
+class _StubModel(torch.nn.Module):
+    """x̂ = x/2 and, per call (batch), the given indices and probs: every metric has a known value."""
+
+    def __init__(self, batches):
+        super().__init__()
+        self.quantizer, self.batches, self.calls = _StubQuantizer(), batches, 0
+
+    def forward(self, x):
+        from quantizers.base import QuantizerOutput
+
+        indices, probs = self.batches[self.calls]
+        self.calls += 1
+        return x / 2, QuantizerOutput(z_q=x, loss=x.sum() * 0, indices=indices, probs=probs)
+
+
+def _ppl(p):
+    p = torch.as_tensor(p, dtype=torch.float64)
+    p = p[p > 0]
+    return math.exp(-float((p * p.log()).sum()))
+
+
+def test_evaluate_on_a_stub_with_known_indices_and_probs_over_two_batches():
+    images = torch.arange(2 * 3 * 12 * 12, dtype=torch.float64).remainder(256).to(torch.uint8).reshape(2, 3, 12, 12)
+    # batch 1: two positions with posteriors whose mean is (0.5, 0.5, 0, 0); batch 2: one, uniform
+    p1 = torch.tensor([[[1.0, 0, 0, 0]], [[0, 1.0, 0, 0]]])  # (B=1, 2 positions, C) per image row
+    p2 = torch.full((1, 1, 4), 0.25)
+    model = _StubModel([(torch.tensor([[0, 1]]), p1.reshape(1, 2, 4)), (torch.tensor([[1]]), p2)])
+    m = evaluate(model, images, batch_size=1)
+    x = images.double() / 255
+    assert m["mse"] == pytest.approx(float((x / 2 - x).pow(2).mean()), rel=1e-9)
+    assert m["perplexity"] == pytest.approx((2.0 + 4.0) / 2, rel=1e-9)  # exp H(q^B) per batch, averaged
+    assert m["code_perplexity"] == pytest.approx(_ppl([1 / 3, 2 / 3]), rel=1e-9)  # counts 1, 2, 0, 0
+    assert m["codes_used"] == 2 and m["usage"] == 0.5
+    # without probs: the batch's code histogram stands in for q^B
+    model = _StubModel([(torch.tensor([[0, 1, 1, 3]]), None), (torch.tensor([[2, 2]]), None)])
+    m = evaluate(model, images, batch_size=1)
+    assert m["perplexity"] == pytest.approx((_ppl([0.25, 0.5, 0.25]) + 1.0) / 2, rel=1e-9)
+    assert m["code_perplexity"] == pytest.approx(_ppl([1 / 6, 2 / 6, 2 / 6, 1 / 6]), rel=1e-9)
+    assert m["codes_used"] == 4 and m["usage"] == 1.0
+    assert model.training  # evaluate() restores the mode it found
