@@ -12,7 +12,9 @@ import pytest
 import torch
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "run through tests/quantizers/test_kernels.py"
-triton = pytest.importorskip("triton")
+from tests.conftest import import_or_skip_unless_ci  # noqa: E402
+
+triton = import_or_skip_unless_ci("triton", "torch's Linux wheels install it")
 
 import quantizers.functional as Fq  # noqa: E402
 from quantizers.kernels.triton import gumbel_noise, posterior_sample  # noqa: E402

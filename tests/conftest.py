@@ -63,13 +63,27 @@ def torch_one_thread():
     torch.set_num_threads(threads)
 
 
+def skip_unless_ci(reason: str) -> None:
+    """Skip with ``reason`` on a user's machine; fail under ``CI=true``, where .ci/run installs
+    and starts everything the suite needs, so a skip there means a broken install step."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must not skip: {reason}")
+    pytest.skip(reason)
+
+
+def import_or_skip_unless_ci(module: str, install: str):
+    """``pytest.importorskip(module)`` that fails under ``CI=true`` (``install`` says how to get it)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        skip_unless_ci(f"{module} is not importable ({exc}); {install}")
+
+
 def shared_data_or_skip(*parts: str) -> Path:
     """A path under ../shared/data; skips where it is absent (a user's clone), never in CI."""
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must have {path}")
-        pytest.skip(f"{path} is absent (only CI and the developers' machines have shared/data)")
+        skip_unless_ci(f"{path} is absent (only CI and the developers' machines have shared/data)")
     return path
 
 

@@ -6,8 +6,6 @@ which installs it.
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -16,17 +14,12 @@ from quantizers.lfq import BinaryQuantizer
 from quantizers.residual import ResidualQuantizer
 from quantizers.simvq import SimVQ
 from quantizers.vq import VectorQuantizer
+from tests.conftest import import_or_skip_unless_ci
 
 
 @pytest.fixture(scope="module")
 def vqp():
-    try:
-        import vector_quantize_pytorch
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI must have vector-quantize-pytorch installed (pip install 'vqbench[lucid]')")
-        pytest.skip("vector-quantize-pytorch is not installed (pip install 'vqbench[lucid]')")
-    return vector_quantize_pytorch
+    return import_or_skip_unless_ci("vector_quantize_pytorch", "pip install 'vqbench[lucid]'")
 
 
 def copy_linear(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:

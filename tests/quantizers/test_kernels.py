@@ -26,7 +26,7 @@ import torch
 import quantizers.kernels as kernels
 import quantizers.kernels.precision as Fp
 from quantizers.gmvq import GMVQ
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, import_or_skip_unless_ci, skip_unless_ci
 from vqbench import UserError, build_quantizer
 from vqbench.config import resolve_config
 from vqbench.data import to_float_images
@@ -302,7 +302,7 @@ CASES = REPO_ROOT / "tests" / "_triton_kernel_cases.py"
 
 
 def test_triton_kernels_match_the_plain_path_under_the_interpreter():
-    pytest.importorskip("triton")
+    import_or_skip_unless_ci("triton", "torch's Linux wheels install it")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(CASES)],
                             env=env, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
@@ -312,7 +312,7 @@ def test_triton_kernels_match_the_plain_path_under_the_interpreter():
 
 def _triton_fit():
     """benchmarks/triton_fit.py as a module (benchmarks/ is not a package)."""
-    pytest.importorskip("triton")
+    import_or_skip_unless_ci("triton", "torch's Linux wheels install it")
     bench = REPO_ROOT / "benchmarks"
     sys.path.insert(0, str(bench))
     try:
@@ -320,7 +320,7 @@ def _triton_fit():
     finally:
         sys.path.remove(str(bench))
     if not Path(triton_fit._ptxas(90)).is_file():
-        pytest.skip("Triton's bundled ptxas is absent")
+        skip_unless_ci("Triton's bundled ptxas is absent")
     return triton_fit
 
 

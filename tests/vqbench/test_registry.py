@@ -19,7 +19,7 @@ import torch
 
 import vqbench.registry as R
 from quantizers import Quantizer, QuantizerOutput
-from tests.conftest import REPO_ROOT, registry_entries, run_cli
+from tests.conftest import REPO_ROOT, registry_entries, run_cli, skip_unless_ci
 from vqbench import UserError, build_quantizer, list_quantizers, register_quantizer
 from vqbench.registry import get_quantizer_entry
 
@@ -263,9 +263,7 @@ def test_example_plugin_in_this_environment_when_installed():
     try:
         version = metadata.version("vqbench-plugin-example")
     except metadata.PackageNotFoundError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI must `pip install -e examples/vqbench-plugin-example`")
-        pytest.skip("vqbench-plugin-example is not installed here")
+        skip_unless_ci("vqbench-plugin-example is not installed here (pip install -e examples/vqbench-plugin-example)")
     entry = R.get_quantizer_entry("example-fvq")
     assert entry.source == f"entry point vqbench-plugin-example {version}"
     from vqbench.testing import check_quantizer

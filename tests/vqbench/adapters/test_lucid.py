@@ -8,9 +8,9 @@ from importlib.metadata import EntryPoint
 import pytest
 
 import vqbench.registry as R
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, import_or_skip_unless_ci
 
-pytest.importorskip("vector_quantize_pytorch")
+import_or_skip_unless_ci("vector_quantize_pytorch", "pip install 'vqbench[lucid]'")
 PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
 OURS = PYPROJECT["project"]["entry-points"]["vqbench.quantizers"]
 LUCID = sorted(n for n in OURS if n.startswith("lucid-"))

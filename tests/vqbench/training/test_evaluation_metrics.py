@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import import_or_skip_unless_ci
 from vqbench.config import resolve_config
 from vqbench.data import load_cifar10_tiny
 from vqbench.rows import METRICS
@@ -54,7 +55,7 @@ def test_ssim_known_values():
 
 
 def test_against_scikit_image_on_real_images(real):
-    metrics = pytest.importorskip("skimage.metrics")
+    metrics = import_or_skip_unless_ci("skimage.metrics", "pip install -e '.[test]'")
     x, y = real
     ours_ssim, ours_psnr = ssim(y, x), psnr(y, x)
     for i in range(len(x)):

@@ -20,6 +20,9 @@ def test_fit_end_to_end_on_tiny_cifar10(tmp_path, name):
     assert len(history) == 4 and s["steps"] == 40
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert math.isfinite(s["mse"]) and math.isfinite(s["mean_image_mse"])
+    # It learned: an untrained conv32 scores ≈ 1.0-1.15 × the mean-image MSE; these 40 steps
+    # measured 0.71 (gmvq) and 0.61 (vqvae).
+    assert s["mse"] < 0.85 * s["mean_image_mse"], (s["mse"], s["mean_image_mse"])
     assert 1.0 <= s["perplexity"] <= 128 and 1.0 <= s["code_perplexity"] <= 128
     assert 1 <= s["codes_used"] <= 128
     run_dir = result.run_dir

@@ -8,13 +8,14 @@ import sys
 
 import pytest
 
+from tests.conftest import import_or_skip_unless_ci
 from tests.vqbench._tiny import TINY_RUN, listing, train_tiny
 from vqbench.cli import main
 from vqbench.training.tblog import tag
 
 
 def test_scalars_and_images_in_the_run_folder(tmp_path):
-    pytest.importorskip("tensorboard")
+    import_or_skip_unless_ci("tensorboard", "pip install -e '.[test]'")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     # 64 images / batch 32: 2 steps an epoch, 3 epochs; grids at epoch 2 (every 2) and 3 (the last).
