@@ -62,3 +62,40 @@ def test_gumbel_sample_and_its_gradient_use_seeded_noise_and_the_annealed_tau():
     (grad_ref,) = torch.autograd.grad((ref * w).sum(), z)
     torch.testing.assert_close(grad, grad_ref, rtol=1e-4, atol=1e-6)
     assert math.isclose(float(out.terms["tau"]), tau, rel_tol=1e-6)
+
+
+def test_gumbel_defaults_seeded_init_order_and_option_checks():
+    import pytest
+
+    from quantizers.gumbel import GumbelQuantizer
+
+    q = GumbelQuantizer()
+    assert (q.num_codes, q.dim, q.kl_weight, q.tau_start, q.tau_end) == (1024, 64, 5e-4, 2.0, 0.1)
+    assert float(q.tau) == 2.0
+    # proj draws first, then the codebook (once): a seed gives these exact weights
+    torch.manual_seed(0)
+    q = GumbelQuantizer(8, 4)
+    torch.manual_seed(0)
+    proj = torch.nn.Linear(4, 8)
+    codebook = torch.randn(8, 4) / 2
+    assert torch.equal(q.proj.weight, proj.weight) and torch.equal(q.embedding, codebook)
+    assert GumbelQuantizer(8, 4, kl_weight=0.0).kl_weight == 0.0
+    with pytest.raises(ValueError, match=r"^kl_weight must be a finite number ≥ 0, got -1.0"):
+        GumbelQuantizer(8, 4, kl_weight=-1.0)
+
+
+def test_gumbel_outputs_terms_probs_and_dtype_in_eval_on_a_few_vectors():
+    torch.manual_seed(4)
+    q = build("gumbel-vqvae", num_codes=16, dim=4)
+    q.set_progress(1.0)
+    z = torch.randn(3, 4, dtype=torch.float64)
+    out = q(z)
+    log_q = torch.log_softmax(q.proj(z.float()), -1).detach()
+    torch.testing.assert_close(out.probs, log_q.exp())
+    assert set(out.terms) == {"kl", "tau"}
+    torch.testing.assert_close(out.terms["kl"], (math.log(16) + (log_q.exp() * log_q).sum(-1)).mean())
+    assert math.isclose(float(out.terms["tau"]), 0.1, rel_tol=1e-6)
+    q.eval()
+    a = q(z)
+    assert a.z_q.dtype == torch.float64 and torch.equal(a.indices, log_q.argmax(-1))  # 3 rows: max index < 15 here
+    torch.testing.assert_close(a.z_q, q.embedding.detach().double()[a.indices])

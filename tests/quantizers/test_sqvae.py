@@ -94,3 +94,28 @@ def test_sqvae_training_sample_is_the_gumbel_softmax_of_seeded_noise():
     torch.testing.assert_close(out.z_q, y @ q.embedding.detach(), rtol=1e-4, atol=1e-5)
     assert torch.equal(out.indices, (log_p + g).argmax(-1))
     assert out.terms["tau"] == pytest.approx(tau, rel=1e-6)
+
+
+def test_sqvae_defaults_option_checks_terms_and_dtype():
+    from quantizers.sqvae import SQVAE
+
+    q = SQVAE()
+    assert (q.num_codes, q.dim, float(q.log_var), q.tau_start, q.tau_end, q.eps) == (1024, 64, 3.0, 2.0, 0.1, 1e-10)
+    with pytest.raises(ValueError, match=r"^log_var_init must be finite, got inf"):
+        SQVAE(8, 3, log_var_init=math.inf)
+    with pytest.raises(ValueError, match=r"^eps must be a finite number > 0, got 0.0"):
+        SQVAE(8, 3, eps=0.0)
+    torch.manual_seed(2)
+    q = SQVAE(8, 3, log_var_init=-1.0)
+    z = torch.randn(10, 3, dtype=torch.float64)
+    out = q(z)
+    assert out.z_q.dtype == torch.float64 and out.indices.shape == (10,)
+    assert set(out.terms) == {"kl_discrete", "kl_continuous", "variance", "tau"}
+    torch.testing.assert_close(out.loss, out.terms["kl_discrete"] + out.terms["kl_continuous"])
+    assert float(out.terms["variance"]) == pytest.approx(math.exp(-1.0)) and float(out.terms["tau"]) == 2.0
+
+
+def test_sqvae_reconstruction_loss_of_a_perfect_single_image_is_log_eps():
+    q = build("sqvae", num_codes=8, dim=3)  # no forward yet: one position per image
+    x = torch.rand(1, 3, 4, 4)
+    assert float(q.reconstruction_loss(x, x.clone())) == pytest.approx(0.5 * 48 * math.log(1e-10), rel=1e-6)

@@ -163,3 +163,69 @@ def test_vqvae_loss_gradients_equal_their_closed_forms(commitment):
     grad_task_z, grad_task_e = torch.autograd.grad((q(z).z_q * w).sum(), (z, q.embedding), allow_unused=True)
     torch.testing.assert_close(grad_task_z, w)
     assert grad_task_e is None or not grad_task_e.any()
+
+
+def test_vq_defaults_buffers_and_state_dict():
+    from quantizers.vq import VectorQuantizer
+
+    q = VectorQuantizer()
+    assert (q.num_codes, q.dim, q.commitment, q.replace_window, q.replace_noise, q.affine_lr, q.inner_lr,
+            q.sync_nu, q.ema_decay) == (1024, 64, 0.25, None, 0.01, 10.0, 0.1, 0.0, None)
+    assert q.affine_scale is None and q.affine_shift is None and not q.l2 and not q.alternating
+    r = VectorQuantizer(8, 2, replace_window=1)
+    state = r.state_dict()
+    assert state["steps_unused"].dtype == torch.long and "_used" not in state  # timers persist, the mask does not
+    a = VectorQuantizer(8, 2, affine=True)
+    assert torch.equal(a.affine_scale, torch.ones(2)) and torch.equal(a.affine_shift, torch.zeros(2))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"commitment": -1.0}, r"^commitment must be a finite number ≥ 0, got -1.0$"),
+    ({"replace_noise": -1.0}, r"^replace_noise must be a finite number ≥ 0, got -1.0$"),
+    ({"affine_lr": 0.0}, r"^affine_lr must be a finite number > 0, got 0.0$"),
+    ({"inner_lr": 0.0}, r"^inner_lr must be a finite number > 0, got 0.0$"),
+    ({"sync_nu": -0.5}, r"^sync_nu must be a finite number ≥ 0, got -0.5$"),
+    ({"replace_window": 0}, r"^replace_window must be a whole number ≥ 1 \(or None to disable\), got 0$"),
+    ({"replace_window": 1.5}, r"^replace_window must be a whole number ≥ 1"),
+    ({"ema_decay": True}, r"^ema_decay must be in \(0, 1\)"),
+    ({"ema_decay": "0.5"}, r"^ema_decay must be in \(0, 1\)"),
+    ({"ema_decay": 1.0}, r"^ema_decay must be in \(0, 1\)"),
+    ({"ema_decay": 0.9, "ema_eps": 0.0}, r"^ema_eps must be a finite number > 0"),
+    ({"ema_decay": 0.9, "sync_nu": 0.1}, r"^ema_decay cannot be combined with affine, alternating or sync_nu "
+                                         r"\(each gives the codebook a second learning rule\)$"),
+])
+def test_vq_bad_options_are_refused_with_their_message(options, message):
+    from quantizers.vq import VectorQuantizer
+
+    with pytest.raises(ValueError, match=message):
+        VectorQuantizer(8, 2, **options)
+
+
+def test_vq_edge_values_are_accepted():
+    from quantizers.vq import VectorQuantizer
+
+    q = VectorQuantizer(8, 2, commitment=0.0, replace_noise=0.0, sync_nu=0.0, replace_window=1, ema_decay=None)
+    assert q.commitment == 0.0 and q.replace_window == 1
+    assert VectorQuantizer(8, 2, replace_window=2.0).replace_window == 2
+
+
+def test_sync_update_gives_the_codebook_nu_times_the_task_gradient():
+    """z_q = ẑ + sg(e_j − ẑ) + ν(e_j − sg(e_j)): forward e_j, ∂(w·z_q)/∂e_c = ν Σ_{n→c} w_n."""
+    torch.manual_seed(3)
+    q = build("vqvae", num_codes=5, dim=3, sync_nu=0.3)
+    z = torch.randn(12, 3, requires_grad=True)
+    out = q(z)
+    w = torch.randn(12, 3)
+    torch.testing.assert_close(out.z_q, q.embedding.detach()[out.indices])
+    grad_z, grad_e = torch.autograd.grad((out.z_q * w).sum(), (z, q.embedding))
+    torch.testing.assert_close(grad_z, w)
+    torch.testing.assert_close(grad_e, 0.3 * torch.zeros(5, 3).index_add_(0, out.indices, w))
+    assert set(out.terms) == {"commitment", "codebook"} and out.probs is None
+    torch.testing.assert_close(out.terms["codebook"], (q.embedding.detach()[out.indices] - z.detach()).pow(2).mean())
+
+
+def test_eval_forward_keeps_no_batch_for_replacement_and_keeps_the_dtype():
+    q = build("vqvae-replace", num_codes=5, dim=3).eval()
+    out = q(torch.randn(4, 3, dtype=torch.float64))
+    assert out.z_q.dtype == torch.float64
+    assert q._last_batch is None and not q._used.any()
