@@ -125,3 +125,50 @@ def test_conformance(kwargs):
     from vqbench.testing import check_quantizer
 
     check_quantizer(BinaryQuantizer, kwargs=kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"num_codes": 1000}, r"got 1000; try 512 or 1024$"),
+    ({"num_codes": 1}, r"got 1; try 2 or 4$"),
+    ({"num_codes": 6}, r"got 6; try 4 or 8$"),
+    ({"num_codes": 16, "sample_weight": -1.0}, r"^sample_weight must be a finite number ≥ 0"),
+    ({"num_codes": 16, "batch_weight": -1.0}, r"^batch_weight must be a finite number ≥ 0"),
+    ({"num_codes": 16, "commitment": -1.0}, r"^commitment must be a finite number ≥ 0"),
+    ({"num_codes": 16, "group_size": 1.5}, r"^group_size must divide the 4 bits and be 1..16, got 1.5$"),
+    ({"num_codes": 2**17, "group_size": 17}, r"^group_size must divide the 17 bits and be 1..16"),
+])
+def test_bad_sizes_name_the_option_and_the_nearest_good_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        BinaryQuantizer(dim=8, **kwargs)
+
+
+def test_smallest_sizes_defaults_buffers_repr_and_zero_signs():
+    q = BinaryQuantizer(2, 1)  # one bit: the smallest LFQ
+    assert q.bits == 1 and q.codebook.shape == (2, 1)
+    d = BinaryQuantizer()
+    assert (d.num_codes, d.dim, d.spherical) == (1024, 64, False)
+    assert set(BinaryQuantizer(16, 8).state_dict()) == {"project_in.weight", "project_in.bias",
+                                                         "project_out.weight", "project_out.bias"}
+    assert "LFQ: bits=4, num_codes=16, dim=4" in repr(BinaryQuantizer(16, 4))
+    assert "BSQ: bits=4" in repr(BinaryQuantizer(16, 4, spherical=True))
+    q = BinaryQuantizer(16, 4).eval()  # u = z; a zero channel is the negative sign, bit 0
+    out = q(torch.tensor([[0.0, 1.0, 0.0, 1.0]], dtype=torch.float64))
+    assert out.indices.tolist() == [2 + 8] and out.z_q.dtype == torch.float64
+    torch.testing.assert_close(out.z_q, torch.tensor([[-1.0, 1, -1, 1]], dtype=torch.float64))
+    assert out.probs is None and set(out.terms) == {"commitment"}
+
+
+def test_grouped_batch_entropy_of_three_bit_groups():
+    """group_size 3 of 6 bits: batch entropy = Σ over the two groups of H(mean q(group code))."""
+    torch.manual_seed(2)
+    q = BinaryQuantizer(64, 6, inv_temperature=1.0, group_size=3)
+    u = torch.randn(50, 6)
+    _, batch = q.entropies(u)
+    logit = 4 * u
+    total = 0.0
+    for g in range(2):
+        p1 = torch.sigmoid(logit[:, 3 * g:3 * g + 3])  # (N, 3)
+        bits = bits_table(3)  # (8, 3)
+        q_code = (bits * p1[:, None] + (1 - bits) * (1 - p1[:, None])).prod(-1).mean(0)  # (8,)
+        total += float(-(q_code * q_code.log()).sum())
+    assert float(batch) == pytest.approx(total, rel=1e-5)
