@@ -8,11 +8,13 @@ mutant in a forked worker with only the tests that reach the mutated function.
 
 The work happens in ``.mutation/<module>/`` (git-ignored): a copy of the tree with a
 ``[tool.mutmut]`` section for this module, so nothing in the checkout is touched and the cache
-there makes a re-run with the same tests resume. ``--fresh`` starts over.
+is rebuilt on every run (mutmut's cached results and test map would otherwise outlive a changed
+test file); ``--summary`` prints the last run's results again.
 
-Prints killed / survived / timed out / no tests, the score (killed + timed out over the mutants
-that some test reaches) and, with ``--show``, the diff of every survivor. Exit 0 always; the
-score is for a human (docs/testing.md), not a gate. Needs ``pip install -e '.[mutation]'``.
+Prints killed / survived / timed out / no tests and the score: killed + timed out over all
+mutants ("no tests": no selected test reaches the mutated function; it counts against the
+score); with ``--show``, the diff of every survivor. Exit 0 always; the score is for a human
+(docs/testing.md), not a gate. Needs ``pip install -e '.[mutation]'``.
 """
 from __future__ import annotations
 
@@ -37,14 +39,12 @@ def default_tests(module: Path) -> list[str]:
     return [str(p.relative_to(REPO)) for p in found]
 
 
-def prepare(work: Path, module: Path, tests: list[str], fresh: bool) -> None:
-    if fresh and work.exists():
+def prepare(work: Path, module: Path, tests: list[str]) -> None:
+    if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    for name in COPIED:  # refresh the sources; mutmut's cache under mutants/ notices what changed
+    for name in COPIED:
         src, dst = REPO / name, work / name
-        if dst.is_dir():
-            shutil.rmtree(dst)
         if src.is_dir():
             shutil.copytree(src, dst, ignore=IGNORE)
         elif src.exists():
@@ -62,10 +62,6 @@ def prepare(work: Path, module: Path, tests: list[str], fresh: bool) -> None:
     ])
     with open(work / "pyproject.toml", "a") as f:
         f.write(section)
-    mutants = work / "mutants"
-    if mutants.exists():  # the source copies there are refreshed from the new copy
-        for name in ("quantizers", "vqbench", "tests"):
-            shutil.rmtree(mutants / name, ignore_errors=True)
 
 
 def summarise(work: Path, env: dict, show: bool) -> None:
@@ -76,10 +72,9 @@ def summarise(work: Path, env: dict, show: bool) -> None:
     for s in status.values():
         counts[s] = counts.get(s, 0) + 1
     killed, timeout = counts.get("killed", 0), counts.get("timeout", 0)
-    reached = sum(n for s, n in counts.items() if s != "no tests")
     print(f"mutants {len(status)}: " + ", ".join(f"{s} {n}" for s, n in sorted(counts.items())))
-    if reached:
-        print(f"score {(killed + timeout) / reached:.1%} (killed + timed out over the {reached} a test reaches)")
+    if status:  # a mutant no selected test reaches ("no tests") counts as not killed
+        print(f"score {(killed + timeout) / len(status):.1%} (killed + timed out over all {len(status)} mutants)")
     for name, s in sorted(status.items()):
         if s in ("killed",):
             continue
@@ -96,7 +91,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("tests", nargs="*")
     parser.add_argument("--jobs", type=int, default=2, help="forked mutant workers (default 2)")
     parser.add_argument("--show", action="store_true", help="print every survivor's diff")
-    parser.add_argument("--fresh", action="store_true", help="forget earlier results of this module")
     parser.add_argument("--summary", action="store_true", help="only print the last run's results")
     args = parser.parse_args(argv)
     module = Path(os.path.relpath(Path(args.module).resolve(), REPO))
@@ -107,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "VQBENCH_NO_PROGRESS": "1",
            "PYTHONPATH": ""}
     if not args.summary:
-        prepare(work, module, tests, args.fresh)
+        prepare(work, module, tests)
         print(f"mutating {module} with {' '.join(tests)} in {work}", flush=True)
         log = work / "mutmut.log"  # mutmut's spinner output; its last lines say why a run stopped
         with open(log, "w") as f:

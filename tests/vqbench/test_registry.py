@@ -298,11 +298,13 @@ def test_fresh_venv_installs_lists_and_trains_the_example_plugin(tmp_path):
     except ImportError:
         assert "lucid-fsq" in json.loads(listing.stdout)["unavailable"]
     run = subprocess.run([*vqbench, "run", "--quantizer", "example-fvq", "--dataset", "cifar10-tiny",
-                          "train.max_steps=20", "train.batch_size=32", "train.kmeans_samples=512", "quantizer.num_codes=64",
+                          "train.max_steps=60", "train.lr=0.003", "train.batch_size=32", "train.kmeans_samples=512",
+                          "quantizer.num_codes=64",
                           "model.channels=16", "model.res_blocks=0",
                           "data.test_limit=64", "--out", str(tmp_path / "runs"), "--json"],
                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     summary = json.loads(run.stdout.strip().splitlines()[-1])
-    assert summary["quantizer"] == "example-fvq" and summary["steps"] == 20
-    assert summary["mse"] < summary["mean_image_mse"] * 2 and summary["codes_used"] >= 1
+    assert summary["quantizer"] == "example-fvq" and summary["steps"] == 60
+    # It learned (60 steps at lr 3e-3 measured 0.80 x the mean image; untrained ≈ 1.0-1.15 x).
+    assert summary["mse"] < 0.9 * summary["mean_image_mse"] and summary["codes_used"] >= 1

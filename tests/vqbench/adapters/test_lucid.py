@@ -70,11 +70,14 @@ def test_adapter_trains_on_cifar10_tiny(name, tmp_path):
     from vqbench.config import resolve_config
     from vqbench.training import fit
 
+    # At the dataset's lr 1e-2 these small runs settle on the mean image (test MSE 1.00-1.02x
+    # the mean image's after 20-60 steps); at 3e-3, 60 steps measured 0.39 (fsq), 0.49 (lfq),
+    # 0.58 (rvq), 0.70 (simvq), 0.47 (vq-ema) x the mean image.
     cfg = resolve_config(name, "cifar10-tiny", None, [
-        "train.max_steps=20", "train.batch_size=32", "train.kmeans_samples=512", "quantizer.num_codes=256",
-        "model.channels=16", "model.res_blocks=0", "data.test_limit=64", f"out={tmp_path}"])
+        "train.max_steps=60", "train.lr=0.003", "train.batch_size=32", "train.kmeans_samples=512",
+        "quantizer.num_codes=256", "model.channels=16", "model.res_blocks=0", "data.test_limit=64", f"out={tmp_path}"])
     result = fit(cfg, log=lambda line: None)
     s = result.summary
-    assert s["steps"] == 20 and s["mse"] < 2 * s["mean_image_mse"]
+    assert s["steps"] == 60 and s["mse"] < 0.9 * s["mean_image_mse"], (s["mse"], s["mean_image_mse"])
     assert 1 <= s["codes_used"] <= s["num_codes"]
-    assert result.history[-1]["train_loss"] < 1.0
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
