@@ -138,3 +138,58 @@ def test_evaluate_on_a_stub_with_known_indices_and_probs_over_two_batches():
     assert m["code_perplexity"] == pytest.approx(_ppl([1 / 6, 2 / 6, 2 / 6, 1 / 6]), rel=1e-9)
     assert m["codes_used"] == 4 and m["usage"] == 1.0
     assert model.training  # evaluate() restores the mode it found
+
+
+def _ssim_by_conv2d(x, y, sigma, data_range, k1=0.01, k2=0.03):
+    """Wang et al. 2004 written out: an 11×11 Gaussian window by conv2d, valid positions."""
+    t = torch.arange(11, dtype=torch.float64) - 5
+    g = torch.exp(-t.pow(2) / (2 * sigma**2))
+    w = (g[:, None] * g[None, :] / g.sum() ** 2).expand(x.shape[1], 1, 11, 11)
+    f = lambda a: torch.nn.functional.conv2d(a, w, groups=x.shape[1])  # noqa: E731
+    mx, my = f(x), f(y)
+    vx, vy, cxy = f(x * x) - mx**2, f(y * y) - my**2, f(x * y) - mx * my
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    m = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return m.flatten(1).mean(1)
+
+
+def test_ssim_and_psnr_with_other_sigma_range_and_a_non_square_image():
+    """13×17 images, data_range 2: scikit-image's values at σ = 1.5, the formula at σ = 2."""
+    metrics = import_or_skip_unless_ci("skimage.metrics", "pip install -e '.[test]'")
+    g = torch.Generator().manual_seed(0)
+    x = 2 * torch.rand(2, 3, 13, 17, dtype=torch.float64, generator=g)
+    y = (x + 0.2 * torch.randn(x.shape, dtype=torch.float64, generator=g)).clamp(0, 2)
+    ours = ssim(y, x, data_range=2.0)
+    for i in range(2):
+        ref = metrics.structural_similarity(x[i].numpy(), y[i].numpy(), channel_axis=0, gaussian_weights=True,
+                                            sigma=1.5, use_sample_covariance=False, data_range=2.0)
+        assert float(ours[i]) == pytest.approx(ref, abs=1e-12)
+        assert float(psnr(y, x, data_range=2.0)[i]) == pytest.approx(
+            metrics.peak_signal_noise_ratio(x[i].numpy(), y[i].numpy(), data_range=2.0), abs=1e-9)
+    torch.testing.assert_close(ssim(y, x, data_range=2.0), _ssim_by_conv2d(y, x, 1.5, 2.0), rtol=0, atol=1e-12)
+    torch.testing.assert_close(ssim(y, x, data_range=2.0, sigma=2.0), _ssim_by_conv2d(y, x, 2.0, 2.0), rtol=0, atol=1e-12)
+    t = torch.arange(11, dtype=torch.float64) - 5
+    expected = torch.exp(-t.pow(2) / (2 * 1.5**2))
+    torch.testing.assert_close(gaussian_window(dtype=torch.float64), expected / expected.sum())
+
+
+def test_metric_shape_errors_name_both_shapes():
+    with pytest.raises(ValueError, match=r"^ssim needs two \(B, C, H, W\) batches of one shape, got \(3, 12, 12\) "
+                                         r"and \(3, 12, 12\)$"):
+        ssim(torch.zeros(3, 12, 12), torch.zeros(3, 12, 12))
+    with pytest.raises(ValueError, match=r"^ssim needs images of at least 11x11 pixels, got \(8, 12\)$"):
+        ssim(torch.zeros(1, 3, 8, 12), torch.zeros(1, 3, 8, 12))
+    with pytest.raises(ValueError, match=r"^psnr needs two \(B, C, H, W\) batches of one shape, got \(1, 3, 8, 8\) "
+                                         r"and \(1, 3, 8, 9\)$"):
+        psnr(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 9))
+
+
+def test_mean_image_mse_known_answer():
+    from vqbench.training.evaluation import mean_image_mse
+
+    train = torch.stack([torch.zeros(3, 2, 2), torch.full((3, 2, 2), 255.0)]).to(torch.uint8)  # mean 0.5
+    test = torch.stack([torch.full((3, 2, 2), 255.0), torch.zeros(3, 2, 2)]).to(torch.uint8)
+    test[1, 0, 0, 0] = 51  # one pixel at 0.2: (0.2 − 0.5)² instead of 0.25
+    assert mean_image_mse(train, test) == pytest.approx((23 * 0.25 + 0.09) / 24, rel=1e-6)
+    train[1, 1] = 0  # the mean is per pixel: channel 1 now has mean 0
+    assert mean_image_mse(train, test) == pytest.approx((7 * 0.25 + 0.09 + 4 * 1.0 + 4 * 0 + 8 * 0.25) / 24, rel=1e-6)
