@@ -138,3 +138,62 @@ def test_conformance(stage):
     from vqbench.testing import check_quantizer
 
     check_quantizer("rvq", kwargs={"stage": stage})
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"num_codes": 1000}, r"1000 is not a perfect power 2 \(e\.g\. num_codes=1024\)$"),
+    ({"num_codes": 3}, r"3 is not a perfect power 2 \(e\.g\. num_codes=4\)$"),
+    ({"num_codes": 8, "depth": 3, "dim": 4}, None),  # 2 codes per stage: the smallest
+    ({"stage": "quantizers.vq:VectorQuantizer:x"}, r"^stage 'quantizers.vq:VectorQuantizer:x' cannot be imported"),
+    ({"stage": lambda num_codes, dim: torch.nn.Linear(1, 1)}, r"^stage <function .*> did not build a Quantizer of dim 4$"),
+    ({"stage": lambda num_codes, dim: VectorQuantizer(num_codes, dim + 1)}, r"did not build a Quantizer of dim 4$"),
+    ({"stage": 3}, r"^stage must be a Quantizer class, a factory or 'module:Class', got 3 \(registered names such as "
+                   r"'vqvae-l2' are resolved by vqbench's build_quantizer\('rvq', \.\.\.\)\)$"),
+])
+def test_sizes_and_stages_are_checked_with_their_messages(kwargs, message):
+    args = {"num_codes": 64, "dim": 4, "stage": VectorQuantizer, **kwargs}
+    if message is None:
+        assert ResidualQuantizer(**args).sizes.tolist() == [2, 2, 2]
+        return
+    with pytest.raises(ValueError, match=message):
+        ResidualQuantizer(**args)
+
+
+def test_defaults_buffers_repr_loss_and_per_stage_code_checks():
+    q = ResidualQuantizer()
+    assert (q.num_codes, q.dim, q.depth) == (1024, 64, 2) and type(q.stages[0]) is VectorQuantizer
+    q = ResidualQuantizer(64, 4, depth=2, stage="quantizers.vq:VectorQuantizer")
+    assert q.radix.dtype == torch.long and q.sizes.tolist() == [8, 8] and q.radix.tolist() == [8, 1]
+    assert not any(k.startswith(("radix", "sizes")) for k in q.state_dict())
+    assert "depth=2, num_codes=64 (8 x 8), dim=4" in repr(q)
+    torch.manual_seed(0)
+    z = torch.randn(10, 4)
+    out = q(z)
+    parts = [q.stages[0](z)]
+    parts.append(q.stages[1](z - parts[0].z_q.detach()))
+    torch.testing.assert_close(out.loss, parts[0].loss + parts[1].loss)
+    one = ResidualQuantizer(8, 4, depth=1, stage=VectorQuantizer)
+    zz = z.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(one(zz).z_q.sum(), zz)
+    torch.testing.assert_close(grad, torch.ones_like(z))  # one stage: the plain straight-through
+    assert one(z).indices.shape == (10,)
+    for bad in (torch.tensor([[0, 8]]), torch.tensor([[-1, 0]])):
+        with pytest.raises(ValueError, match=r"^per-stage codes must be below the stage sizes \[8, 8\]$"):
+            q.embed(bad)
+    torch.testing.assert_close(q.embed(torch.tensor([[7, 7]])), q.codebook[63:64])
+
+
+def test_set_progress_and_check_device_reach_every_stage():
+    seen = []
+
+    class Spy(VectorQuantizer):
+        def set_progress(self, fraction):
+            seen.append(("progress", fraction))
+
+        def check_device(self, device):
+            seen.append(("device", device))
+
+    q = ResidualQuantizer(16, 4, depth=2, stage=Spy)
+    q.set_progress(0.25)
+    q.check_device(torch.device("cpu"))
+    assert seen == [("progress", 0.25)] * 2 + [("device", torch.device("cpu"))] * 2
