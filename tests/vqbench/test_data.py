@@ -92,3 +92,70 @@ def test_celeba_partition_file_splits_train_and_test(tmp_path):
     cfg = resolve_config("vqvae", "celeba", None, [f"data.root={tmp_path}", "data.image_size=8"])
     data = load_dataset(cfg.data)
     assert data.train[:, 0, 0, 0].tolist() == [10, 40] and data.test[:, 0, 0, 0].tolist() == [30]
+
+
+def _npz_cfg(train, test, *extra):
+    return resolve_config("vqvae", "npz", None, [f"data.train={train}", f"data.test={test}", *extra]).data
+
+
+def test_npz_mistakes_are_one_line_each(tmp_path):
+    import numpy as np
+
+    good = tmp_path / "good.npz"
+    np.savez(good, x_train=np.zeros((2, 4, 4, 3), np.uint8))
+    cases = {
+        "notzip.npz": (b"plain text", r"notzip.npz is not a readable .npz file \(truncated, or not a zip archive\); "
+                                      r"expected np.savez output with an array named x or x_train$"),
+        "nokey.npz": ({"y": np.zeros((2, 4, 4, 3), np.uint8)}, r"nokey.npz has no array named x or x_train \(it has y\)$"),
+        "float.npz": ({"x": np.zeros((2, 4, 4, 3), np.float32)},
+                      r"float.npz: expected uint8 images shaped \(N, H, W, 3\), got float32 \(2, 4, 4, 3\)$"),
+        "gray.npz": ({"x": np.zeros((2, 4, 4), np.uint8)}, r"expected uint8 images shaped \(N, H, W, 3\), got uint8 \(2, 4, 4\)$"),
+        "rgba.npz": ({"x": np.zeros((2, 4, 4, 4), np.uint8)}, r"got uint8 \(2, 4, 4, 4\)$"),
+    }
+    for name, (content, message) in cases.items():
+        path = tmp_path / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            np.savez(path, **content)
+        with pytest.raises(UserError, match=message):
+            load_dataset(_npz_cfg(path, good))
+    truncated = tmp_path / "truncated.npz"  # a zip whose member's header and data are damaged
+    damaged = bytearray(good.read_bytes())
+    damaged[40:120] = bytes(80)
+    truncated.write_bytes(bytes(damaged))
+    with pytest.raises(UserError, match=r"truncated.npz is not a readable .npz file \((BadZipFile|OSError|ValueError|EOFError): "):
+        load_dataset(_npz_cfg(truncated, good))
+    with pytest.raises(UserError, match=r"^dataset npz needs data.test=PATH \(a .npz file or a glob of shards\)$"):
+        load_dataset(resolve_config("vqvae", "npz", None, [f"data.train={good}"]).data)
+    with pytest.raises(UserError, match=r"^data.train=.*/none-\*.npz matches no file$"):
+        load_dataset(_npz_cfg(tmp_path / "none-*.npz", good))
+    np.savez(tmp_path / "s-0.npz", x=np.zeros((2, 4, 4, 3), np.uint8))
+    np.savez(tmp_path / "s-1.npz", x=np.zeros((2, 6, 4, 3), np.uint8))
+    with pytest.raises(UserError, match=r"^data.train: shards have different image shapes$"):
+        load_dataset(_npz_cfg(tmp_path / "s-*.npz", good))
+    np.savez(tmp_path / "big.npz", x=np.zeros((1, 6, 4, 3), np.uint8))
+    with pytest.raises(UserError, match=r"^dataset npz: train images \(3, 4, 4\) and test images \(3, 6, 4\) differ in shape$"):
+        load_dataset(_npz_cfg(good, tmp_path / "big.npz"))
+    np.savez(tmp_path / "empty.npz", x=np.zeros((0, 4, 4, 3), np.uint8))
+    with pytest.raises(UserError, match=r"^dataset npz: the train and test splits must both hold images$"):
+        load_dataset(_npz_cfg(good, tmp_path / "empty.npz"))
+    np.savez(tmp_path / "one.npz", x_test=np.full((1, 4, 4, 3), 7, np.uint8))
+    data = load_dataset(_npz_cfg(good, tmp_path / "one.npz", "data.limit=1"))  # one image per split is enough
+    assert data.train.shape == (1, 3, 4, 4) and data.test.tolist() == np.full((1, 3, 4, 4), 7).tolist()
+
+
+def test_celeba_crop_of_a_portrait_an_odd_margin_and_a_grey_image(tmp_path):
+    from PIL import Image
+
+    portrait = Image.new("RGB", (41, 61), (0, 200, 0))  # the centred 41×41 square, red above, blue below
+    portrait.paste((255, 0, 0), (0, 0, 41, 10))
+    portrait.paste((0, 0, 255), (0, 51, 41, 61))
+    portrait.save(tmp_path / "a.png")
+    _banded(tmp_path / "b.png", 61, 41)  # an odd margin: 10 on the left, 10 on the right
+    Image.new("L", (20, 20), 90).save(tmp_path / "c.png")  # greyscale: converted to RGB
+    cfg = resolve_config("vqvae", "celeba", None, [f"data.root={tmp_path}", "data.image_size=16", "data.test_fraction=0.34"])
+    data = load_dataset(cfg.data)
+    green = torch.tensor([0, 200, 0], dtype=torch.uint8)[None, :, None, None]
+    assert data.train.shape == (2, 3, 16, 16) and (data.train.int() - green.int()).abs().max() <= 1
+    assert data.test.shape == (1, 3, 16, 16) and bool((data.test == 90).all())
