@@ -69,3 +69,36 @@ def test_gradient_clipping_caps_the_total_gradient_norm(clip):
         assert norm == pytest.approx(clip, rel=1e-4)  # the raw norm is far above 1e-3
     else:
         assert norm > 1e-2
+
+
+@pytest.mark.parametrize("device, amp, graph, enabled, dtype", [
+    ("cpu", "auto", False, False, torch.float32), ("cpu", "none", False, False, torch.float32),
+    ("cpu", "bf16", False, True, torch.bfloat16), ("cuda", "auto", True, True, torch.bfloat16),
+    ("cuda", "none", False, False, torch.float32),
+])
+def test_autocast_factory(device, amp, graph, enabled, dtype):
+    factory = make_autocast(torch.device(device), amp, graph)
+    assert factory.func is torch.autocast and factory.args == (device,)
+    assert factory.keywords == {"dtype": dtype, "enabled": enabled, "cache_enabled": not graph}
+
+
+def test_check_finite_names_the_first_bad_step_and_its_terms():
+    from vqbench.training.step import DivergenceError
+
+    step, x = stepper("vqvae", 2)
+    ok = {"commitment": torch.tensor(1.0)}
+    window = [(3, torch.tensor(0.5), ok), (4, torch.tensor(float("nan")), {"commitment": torch.tensor(float("inf")),
+                                                                           "codebook": torch.tensor(1.0)}),
+              (5, torch.tensor(float("inf")), ok)]
+    with pytest.raises(DivergenceError, match=r"^loss became nan at step 4 \(non-finite terms: commitment\)$") as err:
+        step.check_finite(window)
+    assert (err.value.step, err.value.terms, err.value.summary) == (4, ["commitment"], None)
+    assert math.isnan(err.value.loss)
+    with pytest.raises(DivergenceError, match=r"^loss became inf at step 5 \(all loss terms finite\)$"):
+        step.check_finite([(5, torch.tensor(float("inf")), ok)])
+    window = [(3, torch.tensor(0.5), ok)]
+    step.check_finite(window)
+    assert window == []
+    step.check_finite([])
+    picked = step.batch(torch.tensor([3, 0]))
+    torch.testing.assert_close(picked, x[[3, 0]])
