@@ -40,3 +40,21 @@ def test_captured_step_reads_its_learning_rates_from_tensors_the_scheduler_fills
     factor = lr_factor(1, 10, cfg.train.warmup_fraction, cfg.train.warmup_start_factor)
     assert all(g["lr"] is lr for g, lr in zip(optimizer.param_groups, lrs))  # filled in place
     assert [float(g["lr"]) for g in optimizer.param_groups] == pytest.approx([0.01 * factor, 0.01 * factor, 0.001 * factor])
+
+
+def test_quantizer_param_groups_take_any_iterable_drop_empty_groups_and_scale_lr():
+    import torch
+
+    from vqbench.training.optim import quantizer_param_groups
+
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))
+
+    class Stub:
+        def param_groups(self):
+            return [{"params": (p for p in [a])}, {"params": iter([]), "lr_scale": 3.0},
+                    {"params": (p for p in [b]), "lr_scale": 0.5, "weight_decay": 0.0}]
+
+    groups = quantizer_param_groups(Stub(), lr=0.1, weight_decay=0.2)
+    assert [g["params"] for g in groups] == [[a], [b]]
+    assert [(g["lr"], g["weight_decay"]) for g in groups] == [(0.1, 0.2), (0.05, 0.0)]
+    assert all("lr_scale" not in g for g in groups)
