@@ -101,8 +101,10 @@ def test_sqvae_defaults_option_checks_terms_and_dtype():
 
     q = SQVAE()
     assert (q.num_codes, q.dim, float(q.log_var), q.tau_start, q.tau_end, q.eps) == (1024, 64, 3.0, 2.0, 0.1, 1e-10)
-    with pytest.raises(ValueError, match=r"^log_var_init must be finite, got inf"):
-        SQVAE(8, 3, log_var_init=math.inf)
+    assert q.log_var_init == "auto" and not bool(q.calibrated)  # 3.0 until the data sets it
+    for bad in (math.inf, "fixed"):
+        with pytest.raises(ValueError, match=r"^log_var_init must be 'auto' or a finite number, got "):
+            SQVAE(8, 3, log_var_init=bad)
     with pytest.raises(ValueError, match=r"^eps must be a finite number > 0, got 0.0"):
         SQVAE(8, 3, eps=0.0)
     torch.manual_seed(2)
