@@ -24,17 +24,19 @@ def test_cli_results_and_table(cli, tmp_path):
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "does not exist" in bad.stderr
 
 
-def test_table_reads_results_and_published_rows_by_default_once_per_run(cli, tmp_path):
+def test_table_reads_results_and_published_rows_by_default_once_per_run(tmp_path, monkeypatch, capsys):
+    from vqbench.cli import main
     from vqbench.results import plan_suite
 
     fsq, gmvq = (plan_suite("modern-cifar10-short", quantizers=[q])[0] for q in ("fsq", "gmvq"))
     append_row(tmp_path / "published", gmvq.config, fake_summary(gmvq.config, mse=0.02))
     append_row(tmp_path / "published", fsq.config, fake_summary(fsq.config, mse=0.01))
     append_row(tmp_path / "results", fsq.config, fake_summary(fsq.config, mse=0.01))  # the same run in both
-    out = cli("table", "--suite", "modern-cifar10-short", "--format", "csv", "--versus", "gmvq", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    frame = pd.read_csv(pd.io.common.StringIO(out.stdout)).set_index("quantizer")
+    monkeypatch.chdir(tmp_path)  # in process: the default folders are relative to where it runs
+    assert main(["table", "--suite", "modern-cifar10-short", "--format", "csv", "--versus", "gmvq"]) == 0
+    frame = pd.read_csv(pd.io.common.StringIO(capsys.readouterr().out)).set_index("quantizer")
     assert frame.loc["fsq", "MSE"] == "10.00" and frame.loc["gmvq", "MSE"] == "20.00"  # once, not "±0 (n=2)"
     assert frame.loc["fsq", "MSE vs gmvq"] == "-10.00 (untested: n=1 vs 1)"
-    bad = cli("table", "--suite", "modern-cifar10-short", "--versus", "vqvae", cwd=tmp_path)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--versus 'vqvae'" in bad.stderr
+    assert main(["table", "--suite", "modern-cifar10-short", "--versus", "vqvae"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--versus 'vqvae'" in err
