@@ -11,17 +11,19 @@ from vqbench.config import resolve_config
 from vqbench.rows import append_row
 
 
-def test_cli_results_and_table(cli, tmp_path):
+def test_cli_results_and_table(tmp_path, capsys):
+    from vqbench.cli import main
+
     cfg = resolve_config("gmvq", "cifar10", overrides=[])
     append_row(tmp_path, cfg, fake_summary(cfg))
-    out = cli("results", str(tmp_path), "--format", "json")
-    assert out.returncode == 0 and json.loads(out.stdout)[0]["quantizer"] == "gmvq"
-    out = cli("table", str(tmp_path), "--format", "csv")
-    assert out.returncode == 0
-    frame = pd.read_csv(pd.io.common.StringIO(out.stdout))
+    assert main(["results", str(tmp_path), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["quantizer"] == "gmvq"
+    assert main(["table", str(tmp_path), "--format", "csv"]) == 0
+    frame = pd.read_csv(pd.io.common.StringIO(capsys.readouterr().out))
     assert len(frame) == 11 and frame.loc[frame["quantizer"] == "gmvq", "CIFAR10 MSE"].astype(str).item() == "4.00"
-    bad = cli("table", str(tmp_path / "absent"))
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "does not exist" in bad.stderr
+    assert main(["table", str(tmp_path / "absent")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err
 
 
 def test_table_reads_results_and_published_rows_by_default_once_per_run(tmp_path, monkeypatch, capsys):
