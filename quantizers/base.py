@@ -231,3 +231,4 @@ class AnnealedQuantizer(Quantizer):
 
     def set_progress(self, fraction: float) -> None:
         self.tau.fill_(Fq.exponential_schedule(self.tau_start, self.tau_end, fraction))
+

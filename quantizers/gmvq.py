@@ -66,12 +66,13 @@ from . import distributed as Fd
 from . import functional as Fq
 from . import kernels
 from .base import AnnealedQuantizer, CodebookQuantizer, QuantizerOutput, check_positive
+from .calibration import CalibratedQuantizer
 from .kernels.precision import backward_dtype
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-class GMVQ(AnnealedQuantizer, CodebookQuantizer):
+class GMVQ(AnnealedQuantizer, CalibratedQuantizer, CodebookQuantizer):
     """Gaussian-mixture VQ trained on the (negative) ALBO, paper eq. 21, or on a valid bound."""
 
     def __init__(
@@ -104,7 +105,6 @@ class GMVQ(AnnealedQuantizer, CodebookQuantizer):
         self.precision_init, self.head_lr_scale = precision_init, float(head_lr_scale)
         self.backend, self.logit_matmul = backend, logit_matmul or "fp32"
         self.bf16_backward = True if bf16_backward is None else bf16_backward
-        self._calibrated_seen = False  # caches the buffer: no host sync per step once True
         self.weight_head = nn.Linear(dim, dim) if weight_head else None
         if self.weight_head is not None:
             # Start isotropic with ŵ = 1: zero weights, bias = softplus⁻¹(1).
@@ -112,7 +112,7 @@ class GMVQ(AnnealedQuantizer, CodebookQuantizer):
             nn.init.constant_(self.weight_head.bias, math.log(math.expm1(1.0)))
         scale = 1.0 if precision_init == "auto" else float(precision_init)
         self.register_buffer("precision_scale", torch.tensor(scale))
-        self.register_buffer("calibrated", torch.tensor(precision_init != "auto"))
+        self.init_calibration(from_data=precision_init == "auto")
 
     @property
     def cuda_graph_safe(self) -> bool:
@@ -129,27 +129,16 @@ class GMVQ(AnnealedQuantizer, CodebookQuantizer):
         head = list(self.weight_head.parameters())
         return [{"params": [self.embedding]}, {"params": head, "lr_scale": self.head_lr_scale}]
 
-    @torch.no_grad()
-    def calibrate_precision(self, z: Tensor) -> None:
+    def calibrate_from(self, z: Tensor) -> None:
         """s = L / mean_n min_c ‖ẑ_n − μ_c‖² (see the module docstring)."""
         nearest = Fq.squared_distances(z.float(), self.codebook.float()).min(-1).values.mean()
         nearest = Fd.all_reduce_sum_(nearest.reshape(1)).squeeze(0) / Fd.world_size()  # one s on every rank
         self.precision_scale.fill_(float(self.dim / nearest.clamp_min(1e-12)))
-        self.calibrated.fill_(True)
-        self._calibrated_seen = True
-
-    def init_codebook(self, samples: Tensor, generator: torch.Generator | None = None) -> None:
-        super().init_codebook(samples, generator)
-        if self.precision_init == "auto":
-            self.calibrate_precision(samples)
 
     def _working(self, z: Tensor) -> Tensor:
         """``z`` in its compute dtype (fp32 under low precision), having set s from it if unset."""
         z = z.float() if z.dtype in LOW_PRECISION else z
-        if self.training and not self._calibrated_seen:
-            self._calibrated_seen = bool(self.calibrated)  # one host sync per step until True
-            if not self._calibrated_seen:
-                self.calibrate_precision(z.detach())
+        self.calibrate_if_unset(z)
         return z
 
     def precision_weights(self, z: Tensor) -> Tensor:

@@ -41,12 +41,13 @@ from torch import Tensor, nn
 from . import distributed as Fd
 from . import functional as Fq
 from .base import AnnealedQuantizer, CodebookQuantizer, QuantizerOutput, check_positive
+from .calibration import CalibratedQuantizer
 
 
 LOG_VAR_UNIT_SCALE = 3.0  # their log σ² at init, for unit-variance latents
 
 
-class SQVAE(AnnealedQuantizer, CodebookQuantizer):
+class SQVAE(AnnealedQuantizer, CalibratedQuantizer, CodebookQuantizer):
     """Stochastically quantised VAE with a learnable, self-annealing variance (``sqvae``)."""
 
     def __init__(
@@ -66,8 +67,7 @@ class SQVAE(AnnealedQuantizer, CodebookQuantizer):
         check_positive("eps", eps)
         self.eps, self.log_var_init = float(eps), log_var_init
         self.log_var = nn.Parameter(torch.tensor(LOG_VAR_UNIT_SCALE if auto else float(log_var_init)))
-        self.register_buffer("calibrated", torch.tensor(not auto))
-        self._calibrated_seen = not auto  # caches the buffer: no host sync per step once True
+        self.init_calibration(from_data=auto)
         self._vectors_per_batch: int | None = None
 
     @property
@@ -79,24 +79,13 @@ class SQVAE(AnnealedQuantizer, CodebookQuantizer):
         """σ² of the stochastic quantiser (detached)."""
         return self.log_var.detach().exp()
 
-    @torch.no_grad()
-    def calibrate_variance(self, z: Tensor) -> None:
+    def calibrate_from(self, z: Tensor) -> None:
         """log σ² = 3 + log v, v the mean per-dimension variance of ``z`` (module docstring)."""
         v = Fd.all_reduce_sum_(z.float().var(0).mean().reshape(1)).squeeze(0) / Fd.world_size()
         self.log_var.fill_(LOG_VAR_UNIT_SCALE + float(torch.log(v.clamp_min(1e-12))))
-        self.calibrated.fill_(True)
-        self._calibrated_seen = True
-
-    def init_codebook(self, samples: Tensor, generator: torch.Generator | None = None) -> None:
-        super().init_codebook(samples, generator)
-        if self.log_var_init == "auto":
-            self.calibrate_variance(samples)
 
     def quantize(self, z: Tensor) -> QuantizerOutput:
-        if self.training and not self._calibrated_seen:
-            self._calibrated_seen = bool(self.calibrated)  # one host sync per step until True
-            if not self._calibrated_seen:
-                self.calibrate_variance(z.detach())
+        self.calibrate_if_unset(z)
         z32, codebook = z.float(), self.codebook.float()
         precision = torch.exp(-self.log_var.float())
         log_p = torch.log_softmax(-0.5 * precision * Fq.squared_distances(z32, codebook), dim=-1)

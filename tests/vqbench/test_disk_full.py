@@ -31,12 +31,7 @@ ARGS = ["-q", "vqvae", "-d", "cifar10-tiny", "--device", "cpu", "train.epochs=2"
         "train.kmeans_samples=64", "data.test_limit=16"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tests/conftest.py
 
 
 def _files(root: Path) -> dict[Path, bytes]:

@@ -34,12 +34,7 @@ class Crash(BaseException):
     """A kill inside the checkpoint rotation (not an Exception: nothing may catch it)."""
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tests/conftest.py
 
 
 def _argv(out: Path, every: int | None) -> list[str]:
