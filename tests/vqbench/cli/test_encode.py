@@ -5,15 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from tests.vqbench._tiny import fake_run, listing
+from tests.vqbench._tiny import listing
 from vqbench import load_run
 from vqbench.cli import main
 from vqbench.tokens import token_dtype
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return fake_run(tmp_path_factory.mktemp("runs"))
 
 
 def test_writes_every_split_with_what_the_codes_are(run, tmp_path, capsys):

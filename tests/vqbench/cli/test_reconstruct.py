@@ -8,13 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.vqbench._tiny import fake_run, listing
+from tests.vqbench._tiny import listing
 from vqbench.cli import main
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return fake_run(tmp_path_factory.mktemp("runs"))
 
 
 def test_writes_a_png_grid(run, tmp_path, capsys):

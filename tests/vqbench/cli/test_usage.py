@@ -5,16 +5,10 @@ import json
 
 import pytest
 
-from tests.vqbench._tiny import fake_run
 from vqbench import load_run
 from vqbench.cli import main
 from vqbench.data import load_cifar10_tiny
 from vqbench.training import evaluate
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return fake_run(tmp_path_factory.mktemp("runs"))
 
 
 def test_numbers_match_the_evaluation_and_a_png_is_written(run, tmp_path, capsys):
