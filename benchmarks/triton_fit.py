@@ -73,8 +73,9 @@ def kernels(dim: int, arch: int) -> list[tuple[str, object, dict, dict, dict]]:
     return out
 
 
-def fit(arch: int, dim: int) -> list[dict]:
-    """Compile every kernel variant for ``sm_<arch>``; one record per variant."""
+def fit(arch: int, dim: int, only: str | None = None) -> list[dict]:
+    """Compile every kernel variant for ``sm_<arch>`` (or just the one named ``only``); one
+    record per variant."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -85,6 +86,8 @@ def fit(arch: int, dim: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         ptx_path = Path(tmp) / "kernel.ptx"
         for name, kernel, signature, constexprs, options in kernels(dim, arch):
+            if only is not None and name != only:
+                continue
             record = {"arch": arch, "kernel": name, "tile": f"{constexprs['BN']}x{constexprs['BC']}", **options}
             try:
                 compiled = triton.compile(ASTSource(kernel, signature, constexprs), target=target, options=options)

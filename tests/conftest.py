@@ -32,6 +32,29 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
 
+# Under pytest-xdist (`-n auto`, what .ci/run uses) each worker gets its share of the cores:
+# torch's default, one thread per core in every worker, oversubscribes and spins at barriers.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Groups for pytest-xdist's ``--dist loadgroup`` (pyproject): tests on the shared
+    PostgreSQL server run in one worker, one after another (one of them stops and restarts the
+    server); a module whose tests share a module-scoped fixture of ours (a trained run, a DDP
+    job) runs in one worker, so that the fixture is built once, not once per worker."""
+    for item in items:
+        fixtures = getattr(item, "_fixtureinfo", None)
+        shared = [name for name, defs in (fixtures.name2fixturedefs.items() if fixtures else ())
+                  if defs[-1].scope != "function" and name != "torch_one_thread"
+                  and getattr(defs[-1].func, "__module__", "").startswith("tests.")]
+        if item.get_closest_marker("postgres") or {"server", "postgres_url"} & set(shared):
+            item.add_marker(pytest.mark.xdist_group("postgres"))
+        elif shared:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
 
 def run_cli(*args: str, cwd: str | Path | None = None, timeout: float = 600, env: dict | None = None
             ) -> subprocess.CompletedProcess:

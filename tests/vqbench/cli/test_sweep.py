@@ -31,8 +31,8 @@ def test_sigkill_one_of_two_workers_mid_trial_then_rerun_completes_the_budget(tm
     import signal
     import time
 
-    slow = [o for o in TINY if not o.startswith("train.max_steps")] + ["train.max_steps=60", "train.epochs=100"]
-    args = ["sweep", "gamma", "--dataset", "cifar10-tiny", "--n-trials", "4", "--workers", "2",
+    slow = [o for o in TINY if not o.startswith("train.max_steps")] + ["train.max_steps=40", "train.epochs=100"]
+    args = ["sweep", "gamma", "--dataset", "cifar10-tiny", "--n-trials", "3", "--workers", "2",
             "--out", str(tmp_path), *slow]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "VQBENCH_NO_PROGRESS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "vqbench", *args], env=env,
@@ -55,14 +55,15 @@ def test_sigkill_one_of_two_workers_mid_trial_then_rerun_completes_the_budget(tm
     os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
     proc.communicate(timeout=300)
 
-    rerun = run_cli(*args, timeout=300)
+    rerun_args = [a if a != "2" else "1" for a in args]  # one worker is enough to retry the failed trial
+    rerun = run_cli(*rerun_args, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     study = optuna.load_study(study_name="gamma-cifar10-tiny", storage=make_storage(str(journal)))
     trials = study.get_trials()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(complete) == 4, [t.state for t in trials]
+    assert len(complete) == 3, [t.state for t in trials]
     assert study.trials[victim.number].state == TrialState.FAIL
     retried = [t for t in complete if t.system_attrs.get("failed_trial") == victim.number]
     assert len(retried) == 1 and retried[0].params == victim.params
-    assert len({tuple(sorted(t.params.items())) for t in complete}) == 4  # none ran twice
+    assert len({tuple(sorted(t.params.items())) for t in complete}) == 3  # none ran twice
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
