@@ -139,3 +139,135 @@ def test_kmeans_centroids_are_their_clusters_means_and_empty_clusters_are_reseed
     assert torch.isfinite(c).all() and all(bool((y == row).all(-1).any()) for row in c)
     with pytest.raises(ValueError, match="at least one sample"):
         Fq.kmeans(y[:0], 2)
+
+
+# --- known answers for the shared math (each function alone, not only through a quantizer) ---
+
+def test_squared_distances_equal_cdist_squared_and_are_zero_on_the_codes() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x, codebook = torch.randn(7, 5, generator=gen, dtype=F64), torch.randn(4, 5, generator=gen, dtype=F64)
+    torch.testing.assert_close(Fq.squared_distances(x, codebook), torch.cdist(x, codebook) ** 2)
+    on_codes = Fq.squared_distances(codebook * 1e3, codebook * 1e3)  # cancellation: clamped, never < 0
+    assert (on_codes >= 0).all() and torch.allclose(on_codes.diagonal(), torch.zeros(4, dtype=F64), atol=1e-6)
+
+
+def test_weighted_squared_distances_equal_the_weighted_sum() -> None:
+    gen = torch.Generator().manual_seed(1)
+    x, codebook = torch.randn(6, 3, generator=gen, dtype=F64), torch.randn(5, 3, generator=gen, dtype=F64)
+    w = torch.rand(6, 3, generator=gen, dtype=F64) + 0.1
+    brute = (w[:, None, :] * (x[:, None, :] - codebook[None]) ** 2).sum(-1)
+    torch.testing.assert_close(Fq.weighted_squared_distances(x, w, codebook), brute)
+    assert (Fq.weighted_squared_distances(codebook, torch.ones(5, 3, dtype=F64), codebook).diagonal() >= 0).all()
+
+
+def test_straight_through_has_the_codes_value_and_the_identitys_gradient() -> None:
+    z = torch.randn(4, 3, dtype=F64, requires_grad=True)
+    z_q = torch.randn(4, 3, dtype=F64, requires_grad=True)
+    out = Fq.straight_through(z, z_q)
+    assert torch.equal(out, z + (z_q - z)) and torch.allclose(out, z_q)
+    upstream = torch.randn(4, 3, dtype=F64)
+    gz, gq = torch.autograd.grad(out, (z, z_q), upstream, allow_unused=True)
+    assert torch.equal(gz, upstream) and gq is None
+
+
+def test_rotation_trick_value_is_the_code_and_its_gradient_is_lambda_r_transpose() -> None:
+    gen = torch.Generator().manual_seed(2)
+    e = torch.randn(5, 4, generator=gen, dtype=F64, requires_grad=True)
+    q = torch.randn(5, 4, generator=gen, dtype=F64, requires_grad=True)
+    out = Fq.rotation_trick(e, q)
+    torch.testing.assert_close(out, q.detach(), rtol=0, atol=1e-12)
+    upstream = torch.randn(5, 4, generator=gen, dtype=F64)
+    ge, gq = torch.autograd.grad(out, (e, q), upstream, allow_unused=True)
+    assert gq is None  # R and λ are constants: no task gradient reaches the code
+    for n in range(5):  # R = I − 2rrᵀ + 2q̂êᵀ built explicitly (Fifty et al. 2024 eq. 4.2)
+        en, qn = e[n].detach(), q[n].detach()
+        e_hat, q_hat = en / en.norm(), qn / qn.norm()
+        r = (e_hat + q_hat) / (e_hat + q_hat).norm()
+        rot = torch.eye(4, dtype=F64) - 2 * torch.outer(r, r) + 2 * torch.outer(q_hat, e_hat)
+        lam = qn.norm() / en.norm()
+        torch.testing.assert_close(lam * rot @ en, qn)  # λR takes e to q
+        torch.testing.assert_close(ge[n], lam * rot.t() @ upstream[n])
+
+
+def test_gumbel_noise_is_standard_gumbel_and_reproducible() -> None:
+    like = torch.zeros(200_000, dtype=F64)
+    g = Fq.gumbel_noise(like, generator=torch.Generator().manual_seed(3))
+    assert g.shape == like.shape and g.dtype == F64 and torch.isfinite(g).all()
+    assert abs(float(g.mean()) - 0.5772156649) < 0.01  # the Euler–Mascheroni constant
+    assert abs(float(g.var()) - math.pi ** 2 / 6) < 0.02
+    assert torch.equal(g, Fq.gumbel_noise(like, generator=torch.Generator().manual_seed(3)))
+    u = torch.exp(-torch.exp(-g))  # the CDF: uniform
+    assert abs(float((u < 0.25).double().mean()) - 0.25) < 0.01
+
+
+def test_gumbel_noise_stays_finite_where_the_uniform_hits_zero_or_one(monkeypatch) -> None:
+    edges = torch.tensor([0.0, 1.0, 0.5], dtype=torch.float32)
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: edges.clone())
+    g = Fq.gumbel_noise(edges)
+    assert torch.isfinite(g).all() and g[0] < g[2] < g[1]
+
+
+def test_gumbel_softmax_st_draws_its_own_noise_when_none_is_given() -> None:
+    log_pi = torch.log_softmax(torch.randn(64, 6), -1)
+    torch.manual_seed(4)
+    c_q, j, y = Fq.gumbel_softmax_st(log_pi, 0.7)
+    torch.manual_seed(4)
+    expected = (log_pi + Fq.gumbel_noise(log_pi)).argmax(-1)
+    assert torch.equal(j, expected) and c_q.shape == y.shape == (64, 6)
+    torch.testing.assert_close(y.sum(-1), torch.ones(64))
+
+
+def test_entropy_of_known_distributions_and_a_finite_gradient_at_zero() -> None:
+    p = torch.tensor([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0], [0.25, 0.25, 0.5]], dtype=F64)
+    torch.testing.assert_close(Fq.entropy(p), torch.tensor([math.log(2), 0.0, 1.5 * math.log(2)], dtype=F64))
+    torch.testing.assert_close(Fq.entropy(p.t(), dim=0), Fq.entropy(p))
+    logits = torch.tensor([0.0, 0.0, -1e4], dtype=F64, requires_grad=True)  # π underflows to 0
+    (grad,) = torch.autograd.grad(Fq.entropy(torch.softmax(logits, -1)), logits)
+    assert torch.isfinite(grad).all()
+
+
+def test_exponential_schedule_endpoints_geometric_midpoint_and_clamping() -> None:
+    assert Fq.exponential_schedule(2.0, 0.1, 0.0) == 2.0
+    assert math.isclose(Fq.exponential_schedule(2.0, 0.1, 1.0), 0.1)
+    assert math.isclose(Fq.exponential_schedule(2.0, 0.1, 0.5), math.sqrt(0.2))
+    assert Fq.exponential_schedule(2.0, 0.1, -1.0) == 2.0
+    assert math.isclose(Fq.exponential_schedule(2.0, 0.1, 3.0), 0.1)
+
+
+def test_code_histogram_and_its_perplexity() -> None:
+    counts = Fq.code_histogram(torch.tensor([[0, 2], [2, 2]]), 4)
+    assert counts.dtype == torch.float64 and counts.tolist() == [1.0, 0.0, 3.0, 0.0]
+    torch.testing.assert_close(Fq.histogram_perplexity(counts),
+                               torch.tensor(math.exp(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75))), dtype=F64))
+    assert float(Fq.histogram_perplexity(torch.zeros(4, dtype=F64))) == 1.0  # nothing counted yet
+    assert float(Fq.histogram_perplexity(torch.tensor([2.0, 2.0, 2.0, 2.0]))) == pytest.approx(4.0)
+
+
+def test_ema_is_in_place_and_weighs_the_new_value_by_one_minus_decay() -> None:
+    average = torch.tensor([1.0, 2.0], dtype=F64)
+    out = Fq.ema_(average, torch.tensor([3.0, -2.0], dtype=F64), 0.75)
+    assert out is average
+    torch.testing.assert_close(average, torch.tensor([1.5, 1.0], dtype=F64))
+
+
+def test_laplace_smoothing_keeps_the_total_and_lifts_zero_counts() -> None:
+    counts = torch.tensor([3.0, 0.0, 1.0], dtype=F64)
+    smoothed = Fq.laplace_smoothed(counts, 0.5)
+    torch.testing.assert_close(smoothed, (counts + 0.5) / (4.0 + 1.5) * 4.0)
+    torch.testing.assert_close(smoothed.sum(), counts.sum())
+    assert (smoothed > 0).all()
+
+
+def test_l2_normalize_gives_unit_rows_and_leaves_zero_rows_finite() -> None:
+    x = torch.tensor([[3.0, 4.0], [0.0, 0.0]], dtype=F64)
+    out = Fq.l2_normalize(x)
+    torch.testing.assert_close(out[0], torch.tensor([0.6, 0.8], dtype=F64))
+    assert torch.equal(out[1], torch.zeros(2, dtype=F64))
+
+
+def test_kmeans_with_fewer_samples_than_codes_returns_only_samples() -> None:
+    x = torch.tensor([[0.0, 0.0], [10.0, 10.0]])
+    c = Fq.kmeans(x, 5, iters=3, generator=torch.Generator().manual_seed(5))
+    assert c.shape == (5, 2)
+    assert all(any(torch.equal(row, s) for s in x) for row in c)
+    assert {tuple(r.tolist()) for r in c} == {(0.0, 0.0), (10.0, 10.0)}
