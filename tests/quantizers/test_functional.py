@@ -10,6 +10,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from quantizers import distributed as Fd
 from quantizers import functional as Fq
 from tests._strategies import F64, TOL, Case, cases, distributions, finite
 
@@ -137,7 +138,7 @@ def test_kmeans_centroids_are_their_clusters_means_and_empty_clusters_are_reseed
     y = torch.tensor([[0.0, 0.0]] * 6 + [[1.0, 1.0]] * 2, dtype=F64)
     c = Fq.kmeans(y, 4, generator=torch.Generator().manual_seed(2))
     assert torch.isfinite(c).all() and all(bool((y == row).all(-1).any()) for row in c)
-    with pytest.raises(ValueError, match="at least one sample"):
+    with pytest.raises(ValueError, match="^k-means needs at least one sample$"):
         Fq.kmeans(y[:0], 2)
 
 
@@ -241,6 +242,7 @@ def test_code_histogram_and_its_perplexity() -> None:
                                torch.tensor(math.exp(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75))), dtype=F64))
     assert float(Fq.histogram_perplexity(torch.zeros(4, dtype=F64))) == 1.0  # nothing counted yet
     assert float(Fq.histogram_perplexity(torch.tensor([2.0, 2.0, 2.0, 2.0]))) == pytest.approx(4.0)
+    assert float(Fq.histogram_perplexity(torch.tensor([0.25, 0.25]))) == pytest.approx(2.0)  # weights, not counts
 
 
 def test_ema_is_in_place_and_weighs_the_new_value_by_one_minus_decay() -> None:
@@ -271,3 +273,89 @@ def test_kmeans_with_fewer_samples_than_codes_returns_only_samples() -> None:
     assert c.shape == (5, 2)
     assert all(any(torch.equal(row, s) for s in x) for row in c)
     assert {tuple(r.tolist()) for r in c} == {(0.0, 0.0), (10.0, 10.0)}
+
+
+def test_row_functions_work_on_the_last_dimension_of_any_batch_shape() -> None:
+    """(B, H, W, D) inputs, as a caller with unflattened latents passes them."""
+    gen = torch.Generator().manual_seed(6)
+    e, q = torch.randn(2, 3, 4, 5, generator=gen, dtype=F64), torch.randn(2, 3, 4, 5, generator=gen, dtype=F64)
+    torch.testing.assert_close(Fq.l2_normalize(e), e / e.norm(dim=-1, keepdim=True))
+    e4 = e.clone().requires_grad_()
+    batched = Fq.rotation_trick(e4, q)
+    upstream = torch.randn(2, 3, 4, 5, generator=gen, dtype=F64)
+    e_rows = e.reshape(-1, 5).clone().requires_grad_()
+    (g_rows,) = torch.autograd.grad(Fq.rotation_trick(e_rows, q.reshape(-1, 5)), e_rows, upstream.reshape(-1, 5))
+    (g_batched,) = torch.autograd.grad(batched, e4, upstream)
+    torch.testing.assert_close(g_batched.reshape(-1, 5), g_rows)
+    log_pi = torch.log_softmax(torch.randn(2, 3, 4, 6, generator=gen, dtype=F64), -1)
+    noise = Fq.gumbel_noise(log_pi, generator=gen)
+    c_q, j, y = Fq.gumbel_softmax_st(log_pi, 0.5, noise=noise)
+    c_flat, j_flat, y_flat = Fq.gumbel_softmax_st(log_pi.reshape(-1, 6), 0.5, noise=noise.reshape(-1, 6))
+    assert c_q.shape == (2, 3, 4, 6) and torch.equal(j.reshape(-1), j_flat)
+    torch.testing.assert_close(y.reshape(-1, 6), y_flat)
+    torch.testing.assert_close(c_q.reshape(-1, 6), c_flat)
+
+
+def test_kmeans_draws_only_from_its_generator() -> None:
+    """Seeded k-means is reproducible whatever the global RNG did (k-means init is part of a
+    run's seed): the start (with and without replacement) and the re-seeding of empty clusters."""
+    few = torch.tensor([[0.0], [1.0], [5.0]])
+    many = torch.cat([torch.zeros(20, 1), torch.full((2, 1), 9.0)])  # clusters empty out: refills
+    for samples, codes in ((few, 7), (many, 6)):
+        runs = []
+        for global_seed in (0, 1):
+            torch.manual_seed(global_seed)
+            runs.append(Fq.kmeans(samples, codes, iters=2, generator=torch.Generator().manual_seed(7)))
+        assert torch.equal(runs[0], runs[1])
+
+
+def test_the_ddp_branches_reduce_over_ranks_and_broadcast_rank0s_centroids(monkeypatch) -> None:
+    """In process, two ranks that hold the same batch: the all-reduce doubles the sums and the
+    count, so q^B is still the mean and its gradient that of one process (divided back by W)."""
+    calls = []
+    monkeypatch.setattr(Fd, "is_distributed", lambda: True)
+
+    def all_reduce_sum_autograd(t):
+        calls.append(("reduce", tuple(t.shape)))
+        return 2 * t
+
+    def on_rank0_then_broadcast(compute, out):
+        calls.append(("broadcast", tuple(out.shape), out.dtype))
+        out.copy_(compute())
+        return out
+
+    monkeypatch.setattr(Fd, "all_reduce_sum_autograd", all_reduce_sum_autograd)
+    monkeypatch.setattr(Fd, "on_rank0_then_broadcast", on_rank0_then_broadcast)
+    probs = torch.softmax(torch.randn(2, 3, 4, dtype=F64), -1).requires_grad_()
+    q_b = Fq.aggregated_posterior(probs, global_batch=True)
+    torch.testing.assert_close(q_b, probs.detach().reshape(-1, 4).mean(0))
+    assert calls == [("reduce", (5,))]  # C sums and the count in one collective
+    (grad,) = torch.autograd.grad(q_b[1], probs)
+    torch.testing.assert_close(grad, torch.zeros_like(grad).index_fill_(-1, torch.tensor([1]), 1 / 6))
+    torch.testing.assert_close(Fq.aggregated_posterior(probs), q_b.detach())  # not global: no collective
+    assert len(calls) == 1
+
+    x = torch.randn(30, 3, dtype=F64)
+    centroids = Fq.kmeans(x, 4, iters=3, generator=torch.Generator().manual_seed(8))
+    assert calls[-1] == ("broadcast", (4, 3), F64)  # `out` has the samples' dtype
+    monkeypatch.setattr(Fd, "is_distributed", lambda: False)
+    torch.testing.assert_close(centroids, Fq.kmeans(x, 4, iters=3, generator=torch.Generator().manual_seed(8)))
+
+
+def test_kmeans_with_as_many_samples_as_codes_keeps_each_sample_as_its_own_cluster() -> None:
+    """N = C: the start is the samples without repetition, and a cluster of one point is not empty."""
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [5.0, 5.0], [-3.0, 2.0]])
+    for iters in (0, 3):
+        c = Fq.kmeans(x, 5, iters=iters, generator=torch.Generator().manual_seed(9))
+        assert sorted(map(tuple, c.tolist())) == sorted(map(tuple, x.tolist()))
+
+
+def test_rotation_trick_on_short_vectors() -> None:
+    """λ = ‖q‖/‖e‖ for encoder outputs of norm well below 1 (conv32 starts near 1e-2)."""
+    e = (torch.randn(3, 4, dtype=F64) * 1e-2).requires_grad_()
+    q = torch.randn(3, 4, dtype=F64) * 1e-2
+    upstream = torch.randn(3, 4, dtype=F64)
+    (ge,) = torch.autograd.grad(Fq.rotation_trick(e, q), e, upstream)
+    lam = q.norm(dim=-1) / e.detach().norm(dim=-1)
+    # R is orthogonal: the gradient's norm is λ times the upstream's
+    torch.testing.assert_close(ge.norm(dim=-1), lam * upstream.norm(dim=-1))
