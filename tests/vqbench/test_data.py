@@ -36,6 +36,72 @@ def test_cifar10_without_download_says_how_to_fix(tmp_path):
         load_dataset(cfg.data)
 
 
+def _cifar10_folder(root, train, test):
+    """torchvision's cifar-10-batches-py layout (pickled dicts, rows of 3072 bytes in CHW order)
+    holding the given (N, 32, 32, 3) uint8 arrays: the training images over the five batches."""
+    import pickle
+
+    import numpy as np
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir()
+
+    def dump(name, images):
+        rows = images.transpose(0, 3, 1, 2).reshape(len(images), -1)  # CIFAR's own file layout
+        with open(folder / name, "wb") as fh:
+            pickle.dump({"data": rows, "labels": [0] * len(images)}, fh)
+
+    for i, part in enumerate(np.array_split(train, 5), start=1):
+        dump(f"data_batch_{i}", part)
+    dump("test_batch", test)
+    with open(folder / "batches.meta", "wb") as fh:
+        pickle.dump({"label_names": [f"class {k}" for k in range(10)]}, fh)
+
+
+def test_cifar10_folder_reads_pixel_exact_through_torchvision(tmp_path, monkeypatch):
+    """The torchvision CIFAR-10 folder a user downloaded, read into (N, 3, 32, 32) uint8 pixel
+    for pixel (the md5 check of the real files is torchvision's; it is bypassed for these)."""
+    import numpy as np
+    import torchvision.datasets.cifar
+
+    rng = np.random.default_rng(1)
+    train = rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
+    test = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    _cifar10_folder(tmp_path, train, test)
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: True)
+    cfg = resolve_config("vqvae", "cifar10", None, [f"data.root={tmp_path}", "data.download=false"])
+    data = load_dataset(cfg.data)
+    assert data.train.dtype == torch.uint8 and data.image_shape == (3, 32, 32)
+    assert torch.equal(data.train, torch.from_numpy(train).permute(0, 3, 1, 2))
+    assert torch.equal(data.test, torch.from_numpy(test).permute(0, 3, 1, 2))
+    from vqbench.data import load_cifar10
+
+    (tmp_path / "cifar-10-batches-py" / "test_batch").unlink()  # a validation run never reads the test split
+    train_only = load_cifar10(cfg.data, with_test=False)
+    assert torch.equal(train_only.train, data.train) and len(train_only.test) == 0
+
+
+def test_cifar10_errors_name_the_folder_and_the_fix(tmp_path, monkeypatch):
+    from torchvision.datasets import CIFAR10
+
+    cfg = resolve_config("vqvae", "cifar10", None, [f"data.root={tmp_path}", "data.download=false"])
+    with pytest.raises(UserError) as missing:
+        load_dataset(cfg.data)
+    assert str(missing.value) == (f"CIFAR-10 is not under data.root={tmp_path}: pass data.download=true (needs "
+                                  "internet), point data.root at the folder holding cifar-10-batches-py, or use "
+                                  "--dataset npz / cifar10-tiny")
+
+    def offline(self, *args, **kwargs):
+        raise OSError("no route to host")
+
+    monkeypatch.setattr(CIFAR10, "download", offline)
+    cfg = resolve_config("vqvae", "cifar10", None, [f"data.root={tmp_path}", "data.download=true"])
+    with pytest.raises(UserError) as failed:
+        load_dataset(cfg.data)
+    assert str(failed.value) == (f"CIFAR-10 download into {tmp_path} failed (no route to host); without internet "
+                                 "use --dataset npz data.train=... data.test=... or --dataset cifar10-tiny")
+
+
 def test_npz_layout_round_trips_pixel_exact(tmp_path):
     """(N, H, W, 3) arrays become (N, 3, H, W) by a transpose, pixel for pixel; non-square
     images and two shards (concatenated in sorted order) make a reshape show."""

@@ -59,6 +59,8 @@ def test_validation_split_is_the_last_training_images_pixel_exact(reads):
     train = data_module.read_npz_images(data_module.TINY_CIFAR10, ("x_train",))[:32]
     assert data.eval_split == "validation" and torch.equal(data.test, train[27:]) and torch.equal(data.train, train[:27])
     assert all(keys == ("x_train",) for _, keys in reads)
+    one = load_dataset(tiny("gamma").run_config({"quantizer.gamma": 0.01}, ["data.validation=1"]).data)
+    assert torch.equal(one.test, train[31:]) and len(one.train) == 31  # 1 is one image, not 100 %
 
 
 def test_a_sweep_cannot_be_pointed_at_the_test_split():

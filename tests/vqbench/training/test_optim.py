@@ -16,6 +16,7 @@ def test_lr_schedule_warms_up_from_a_fifth_then_decays_to_zero():
 def test_lr_schedule_edges():
     assert lr_factor(1, 1, 0.0, 0.2) == pytest.approx(0.0, abs=1e-12)  # no warm-up, one step: cosine ends at 0
     assert lr_factor(5, 10, 0.5, 0.2) == pytest.approx(1.0)  # the warm-up's last step meets the cosine's first
+    assert lr_factor(0, 10, 0.0, 0.2) == 1.0  # no warm-up: the first step at the full rate
 
 
 def test_captured_step_reads_its_learning_rates_from_tensors_the_scheduler_fills():
