@@ -173,6 +173,9 @@ def resolve_config(
         cfg.model.name = dataset_spec["model"]
     if cfg.model.name not in models:
         raise UserError(f"unknown model {cfg.model.name!r}{suggest(cfg.model.name, models)}")
+    for key, least in models[cfg.model.name].get("minimum", {}).items():  # e.g. conv32-ref's widths
+        if cfg.model[key] < least:
+            raise UserError(f"model {cfg.model.name} needs model.{key} ≥ {least}, got {cfg.model[key]}")
     if cfg.train.lr is None:
         cfg.train.lr = float(dataset_spec["lr"])
     if cfg.data.image_size is None:

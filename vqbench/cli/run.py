@@ -9,7 +9,7 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("run", help="train one quantizer in an autoencoder and evaluate it")
     p.add_argument("--quantizer", "-q", required=True, help="registered name (see `vqbench list`)")
     p.add_argument("--dataset", "-d", default="cifar10", help="cifar10 (default), cifar10-tiny, npz, celeba")
-    p.add_argument("--model", "-m", default=None, help="conv32 or conv128 (default: the dataset's)")
+    p.add_argument("--model", "-m", default=None, help="conv32, conv32-ref or conv128 (default: the dataset's)")
     p.add_argument("--out", default=None, help="folder for run folders (default: runs)")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="default: auto (CUDA when present)")
     p.add_argument("--config", default=None, help="a YAML run configuration to start from")
