@@ -23,7 +23,7 @@ BASE_KEYS = ("quantizer", "dataset", "model", "overrides")
 PARAM_TYPES = ("float", "int", "categorical")
 METRICS = ("mse", "perplexity", "code_perplexity", "codes_used")  # fit's summary / per-epoch record
 VALIDATION = 0.1  # the share of the training images a sweep holds out to evaluate its trials
-SAMPLERS = ("tpe", "random", "nsga2", "qmc")
+SAMPLERS = ("tpe", "random", "nsga2", "qmc", "grid")  # grid: every combination of categorical choices
 PRUNERS = ("median", "percentile", "successive-halving", "hyperband", "none")
 
 
@@ -48,6 +48,11 @@ class Param:
             return self.choices[0]
         mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
         return int(round(mid)) if self.type == "int" else mid
+
+
+def grid_points(params: tuple[Param, ...]) -> int:
+    """How many trials a grid sampler has: every combination of the searched keys' choices."""
+    return math.prod(len(p.choices) for p in params if p.type == "categorical")
 
 
 @dataclass(frozen=True)
@@ -189,9 +194,16 @@ def parse_sweep(doc: Any, path: Path) -> SweepSpec:
             pruner = None
     if pruner is not None and len(parsed) > 1:
         raise bad("pruner", "Optuna cannot prune a multi-objective study; remove the pruner")
-    n_trials = doc.get("n_trials", 20)
+    grid_size = None
+    if sampler["name"] == "grid":
+        if any(p.type not in ("categorical", "fixed") for p in params):
+            raise bad("sampler", "grid searches choices only: give every searched key {choices: [...]}")
+        grid_size = grid_points(params)
+    n_trials = doc.get("n_trials", grid_size or 20)
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
         raise bad("n_trials", f"must be an integer ≥ 1, got {n_trials!r}")
+    if grid_size is not None and n_trials > grid_size:
+        raise bad("n_trials", f"is {n_trials} but the grid has {grid_size} points; give at most {grid_size}")
     return SweepSpec(
         name=path.stem, path=path, description=str(doc.get("description", "")),
         quantizer=base["quantizer"], dataset=str(base.get("dataset", "cifar10")), model=base.get("model"),

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from ..config import config_hash
 from ..errors import UserError, first_line
-from .spec import SweepSpec
+from .spec import SweepSpec, grid_points
 from .storage import (DEFAULT_OUT, StudyLock, budget, default_storage, default_study_name, make_storage,
                       recover_lost_trials, redact)
 from .worker import run_worker, worker_main
@@ -44,6 +44,9 @@ def sweep(spec: SweepSpec, *, storage: str | None = None, study_name: str | None
     n_trials = spec.n_trials if n_trials is None else n_trials
     if n_trials < 1:
         raise UserError(f"--n-trials must be ≥ 1, got {n_trials}")
+    if spec.sampler["name"] == "grid" and n_trials > grid_points(spec.space):
+        raise UserError(f"--n-trials {n_trials} is more than the {grid_points(spec.space)} points of "
+                        f"{spec.name}'s grid; give at most {grid_points(spec.space)}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines instead of Optuna's INFO
     url = storage or default_storage(out)
     name = study_name or default_study_name(spec)

@@ -29,8 +29,11 @@ from .storage import FAILURE, StudyLock, budget, make_storage, worker_identity
 def make_sampler(spec: SweepSpec, seed: int) -> optuna.samplers.BaseSampler:
     cfg = spec.sampler
     options = dict(cfg.get("options") or {})
+    if cfg["name"] == "grid":  # the paper's procedure: the best value of a fixed list
+        options["search_space"] = {p.key: list(p.choices) for p in spec.searched}
     cls = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
-           "nsga2": optuna.samplers.NSGAIISampler, "qmc": optuna.samplers.QMCSampler}[cfg["name"]]
+           "nsga2": optuna.samplers.NSGAIISampler, "qmc": optuna.samplers.QMCSampler,
+           "grid": optuna.samplers.GridSampler}[cfg["name"]]
     if cfg["name"] == "tpe" and len(spec.objectives) == 1:
         options.setdefault("multivariate", len(spec.searched) > 1)
     try:

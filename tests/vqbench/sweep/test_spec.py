@@ -17,6 +17,13 @@ def test_shipped_sweeps_load_and_resolve():
     assert both.directions == ["minimize", "maximize"] and both.pruner is None
     cfg = gamma.with_base("cifar10-tiny", ["train.max_steps=7"]).run_config({"quantizer.gamma": 1e-5})
     assert (cfg.data.name, cfg.train.max_steps, cfg.quantizer.gamma) == ("cifar10-tiny", 7, 1e-5)
+    # issue 16's protocol sweeps: a grid of five on the CPU recipe, scored on held-out training images
+    for name in ("gamma-cifar10-cpu", "beta-cifar10-cpu", "commitment-cifar10-cpu"):
+        spec = load_sweep(name)
+        cfg = spec.base_config()
+        assert spec.sampler["name"] == "grid" and spec.n_trials == 5
+        assert (cfg.data.validation, cfg.train.epochs, cfg.train.batch_size) == (0.1, 4, 256)
+    assert load_sweep("gamma-cifar10-cpu").base_config().quantizer.beta == 1.0
 
 
 @pytest.mark.parametrize("text, message", [
@@ -33,6 +40,10 @@ def test_shipped_sweeps_load_and_resolve():
     ("base: {quantizer: gmvq}\nspace: [1, 2]\nobjectives: [{metric: mse, direction: minimize}]", "space: must map config keys"),
     ("base: {quantizer: gmvq}\nspace: {quantizer.gamma: {low: 0.1, high: 1}}\nobjectives: [{metric: mse, direction: minimize}]\n"
      "sampler: {name: tpee}", "sampler.name: unknown sampler 'tpee'; did you mean 'tpe'?"),
+    ("base: {quantizer: gmvq}\nspace: {quantizer.gamma: {low: 0.1, high: 1}}\nobjectives: [{metric: mse, direction: minimize}]\n"
+     "sampler: {name: grid}", "sampler: grid searches choices only"),
+    ("base: {quantizer: gmvq}\nspace: {quantizer.gamma: {choices: [0.1, 1]}}\nobjectives: [{metric: mse, direction: minimize}]\n"
+     "sampler: {name: grid}\nn_trials: 3", "n_trials: is 3 but the grid has 2 points; give at most 2"),
 ])
 def test_malformed_sweep_file_names_the_key(tmp_path, text, message):
     path = tmp_path / "bad.yaml"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests._sweeps import check_study, tiny
+from tests._sweeps import TINY, check_study, tiny
 from vqbench.errors import UserError
 from vqbench.sweep import load_sweep, sweep
 
@@ -35,3 +35,18 @@ def test_journal_two_workers_exact_budget_then_resume(tmp_path):
     # Another base run under the same study name is refused, not mixed in.
     with pytest.raises(UserError, match="different base config"):
         sweep(spec.with_base(overrides=["train.max_steps=3"]), out=tmp_path, n_trials=7)
+
+
+def test_grid_sweep_two_workers_try_every_point_once(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text("base: {quantizer: gmvq, dataset: cifar10-tiny}\n"
+                    "space: {quantizer.gamma: {choices: [0.001, 0.01, 0.1]}}\n"
+                    "objectives: [{metric: mse, direction: minimize}]\nsampler: {name: grid}\n")
+    spec = load_sweep(path).with_base(overrides=TINY)
+    assert spec.n_trials == 3  # the grid's size unless the file says fewer
+    with pytest.raises(UserError, match="--n-trials 4 is more than the 3 points of grid's grid"):
+        sweep(spec, out=tmp_path, n_trials=4)
+    result = sweep(spec, out=tmp_path, workers=2, log=lambda s: None)
+    assert result.counts["complete"] == 3
+    trials = check_study(str(tmp_path / "optuna.journal"), "grid-cifar10-tiny", 3)
+    assert sorted(t.params["quantizer.gamma"] for t in trials) == [0.001, 0.01, 0.1]
