@@ -10,7 +10,8 @@ Columns: run id, config hash, the quantizer and its hyperparameters (``hparams``
 JSON, and one ``q.<key>`` column per scalar hyperparameter, e.g. ``q.beta``), dataset,
 model, seed, epochs, steps, the test metrics, throughput, wall time and the environment
 (device name, torch, vqbench, git revision). Metrics (``METRICS``): mse, perplexity,
-code_perplexity, codes_used, and psnr, ssim, usage (absent, so None, in rows from before them). ``recipe`` and ``recipe_id`` say how the run
+code_perplexity, codes_used, and psnr, ssim, usage (absent, so None, in rows from before them);
+``history``, the per-epoch records of ``metrics.jsonl`` as JSON. ``recipe`` and ``recipe_id`` say how the run
 was trained apart from the quantizer and seed, so that :mod:`vqbench.results.table` can put runs
 of one recipe side by side; ``paper_dataset`` says which Table 1 column a run belongs to.
 """
@@ -29,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
 from .registry import registry_document
-from .rundir import writable_dir, write_atomic
+from .rundir import METRICS as METRICS_FILE, read_metrics, writable_dir, write_atomic
 
 ROWS = "rows"
 METRICS = ("mse", "perplexity", "code_perplexity", "codes_used", "psnr", "ssim", "usage")
@@ -105,11 +106,20 @@ def make_row(cfg: DictConfig, summary: dict[str, Any], status: str = "finished",
         "vqbench": summary.get("vqbench"), "git_rev": git_revision(),
         "run_dir": summary.get("run_dir"), "finished_at": pd.Timestamp.now(tz="UTC"),
         "config": json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True, default=str),
+        "history": history_json(summary.get("run_dir")),
     }
     for key, value in hparams.items():
         if isinstance(value, (bool, int, float, str)) or value is None:
             row[f"q.{key}"] = value
     return row
+
+
+def history_json(run_dir: str | os.PathLike | None) -> str | None:
+    """The run's per-epoch records (``metrics.jsonl``) as one JSON list, so that its curves
+    outlive the run folder (``vqbench plot RESULTS`` draws them from the rows alone)."""
+    if not run_dir or not (Path(run_dir) / METRICS_FILE).is_file():
+        return None
+    return json.dumps(read_metrics(Path(run_dir)), default=str)
 
 
 def rows_dir(results_dir: str | os.PathLike) -> Path:

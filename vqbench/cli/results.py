@@ -10,14 +10,26 @@ def add_parser(subparsers) -> None:
     p.add_argument("dir", nargs="?", default="results", help="results folder (default: results)")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table",
                    help="table: the main columns; csv/json: every column")
+    p.add_argument("--publish", metavar="DEST", default=None,
+                   help="copy the finished rows of --suite to DEST/rows, curves included (e.g. published)")
+    p.add_argument("--suite", action="append", default=None, metavar="NAME", help="with --publish: whose rows (repeatable)")
     p.set_defaults(func=handle)
 
 
 def handle(args) -> int:
     import pandas as pd
 
+    from ..errors import UserError
     from ..rows import load_results
 
+    if args.publish is not None or args.suite:
+        if args.publish is None or not args.suite:
+            raise UserError("--publish DEST and --suite NAME go together (e.g. --publish published --suite table1-cifar10-cpu)")
+        from ..results.publish import publish_rows
+
+        written = publish_rows(args.dir, args.publish, args.suite)
+        print(f"published {len(written)} rows of {', '.join(args.suite)} to {args.publish}/rows")
+        return 0
     rows = load_results(args.dir)
     if args.format == "csv":
         print(rows.to_csv(index=False), end="")

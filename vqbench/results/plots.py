@@ -38,20 +38,21 @@ class RunRecord:
         return self.path.name
 
 
-def find_runs(root: str | Path) -> list[RunRecord]:
+def find_runs(root: str | Path, suite: str | None = None) -> list[RunRecord]:
     """Every finished run folder (one with summary.json) under ``root``.
 
-    ``root`` may also be a results folder: its rows name their run folders.
+    ``root`` may also be a results folder: its rows name their run folders, and a row whose
+    folder is gone (a fresh clone's ``published/``) brings its curves itself (``history``).
+    ``suite`` keeps a results folder's rows of that suite only.
     """
     root = Path(root).expanduser()
     if not root.exists():
         raise UserError(f"{root} does not exist; pass a folder of run folders (default: runs)")
-    folders = [path.parent for path in sorted(root.rglob(SUMMARY))]
+    folders = [] if suite else [path.parent for path in sorted(root.rglob(SUMMARY))]
     if not folders and (root / "rows").is_dir():
-        from ..rows import load_results  # pandas only for a results folder
-
-        rows = load_results(root, finished_only=True)
-        folders = [Path(d) for d in rows.get("run_dir", []) if d]
+        return _runs_of_rows(root, suite)
+    if suite:
+        raise UserError(f"--suite needs a results folder (one with rows/), not {root}")
     runs = []
     for folder in folders:
         summary = read_summary(folder)
@@ -59,6 +60,29 @@ def find_runs(root: str | Path) -> list[RunRecord]:
             continue
         config = yaml.safe_load((folder / CONFIG).read_text()) if (folder / CONFIG).exists() else {}
         runs.append(RunRecord(folder, config or {}, summary, read_metrics(folder)))
+    return runs
+
+
+def _runs_of_rows(root: Path, suite: str | None) -> list[RunRecord]:
+    from ..rows import load_results  # pandas only for a results folder
+
+    rows = load_results(root, finished_only=True)
+    if suite is not None and len(rows):
+        from .suite import suite_hashes
+        from .table import results_seeds
+
+        rows = rows[rows["config_hash"].astype(str).isin(suite_hashes(suite, extra_seeds=results_seeds(rows)))]
+    runs = []
+    for _, row in rows.iterrows():
+        folder = Path(row["run_dir"]) if isinstance(row.get("run_dir"), str) else None
+        if folder is not None and (folder / SUMMARY).is_file():
+            summary = read_summary(folder)
+            config = yaml.safe_load((folder / CONFIG).read_text()) if (folder / CONFIG).exists() else {}
+            runs.append(RunRecord(folder, config or {}, summary or {}, read_metrics(folder)))
+        elif isinstance(row.get("history"), str):
+            summary = {k: v for k, v in row.items() if not isinstance(v, float) or v == v}
+            runs.append(RunRecord(Path(str(row["run_id"])), json.loads(row["config"]), summary,
+                                  json.loads(row["history"])))
     return runs
 
 
@@ -205,9 +229,9 @@ def plot_gradient_bias(results: list, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_runs(root: str | Path, out: str | Path | None = None) -> list[Path]:
+def plot_runs(root: str | Path, out: str | Path | None = None, suite: str | None = None) -> list[Path]:
     """Every figure the runs under ``root`` support, as PNGs in ``out`` (default root/plots)."""
-    runs = [r for r in find_runs(root) if r.history and r.summary.get("status", "finished") == "finished"]
+    runs = [r for r in find_runs(root, suite) if r.history and r.summary.get("status", "finished") == "finished"]
     if not runs:
         raise UserError(f"no finished run folders (with summary.json and metrics.jsonl) under {root}")
     out = Path(out) if out is not None else Path(root) / "plots"

@@ -60,3 +60,30 @@ def test_suite_mistakes_are_one_line(tiny_suite):
         plan_suite("tiny-tset")
     with pytest.raises(UserError, match="unknown config key"):
         plan_suite(tiny_suite, ["train.epoch=3"])
+
+
+def test_published_rows_keep_their_curves_after_the_run_folders_are_gone(tiny_suite, tmp_path, capsys):
+    """A fresh clone has published/ but no run folders: its table and curves come from the rows."""
+    import json
+    import shutil
+
+    from vqbench.cli import main
+    from vqbench.results.publish import publish_rows
+
+    over = [f"results={tmp_path / 'results'}", f"out={tmp_path / 'runs'}"]
+    run_suite(tiny_suite, over, seeds=[0], quantizers=["vqvae", "gmvq"], log=lambda _: None, fit_log=lambda _: None)
+    rows = load_results(tmp_path / "results")
+    history = json.loads(rows.set_index("quantizer").loc["gmvq", "history"])
+    assert [r["step"] for r in history] == [3] and history[-1]["mse"] == pytest.approx(rows.set_index("quantizer").loc["gmvq", "mse"])
+
+    written = publish_rows(tmp_path / "results", tmp_path / "published", ["tiny-test"])
+    assert sorted(p.name for p in written) == sorted(f"{r}.parquet" for r in rows["run_id"])
+    shutil.rmtree(tmp_path / "runs")
+    plots = plot_runs(tmp_path / "published", tmp_path / "plots", suite="tiny-test")
+    assert "curves.png" in [p.name for p in plots]
+    assert main(["results", str(tmp_path / "published")]) == 0
+    listed = capsys.readouterr().out
+    assert all(run_id in listed for run_id in rows["run_id"])
+
+    with pytest.raises(UserError, match="no finished rows of suite table1-cifar10-cpu"):
+        publish_rows(tmp_path / "published", tmp_path / "elsewhere", ["table1-cifar10-cpu"])
