@@ -85,5 +85,5 @@ def test_published_rows_keep_their_curves_after_the_run_folders_are_gone(tiny_su
     listed = capsys.readouterr().out
     assert all(run_id in listed for run_id in rows["run_id"])
 
-    with pytest.raises(UserError, match="no finished rows of suite table1-cifar10-cpu"):
-        publish_rows(tmp_path / "published", tmp_path / "elsewhere", ["table1-cifar10-cpu"])
+    with pytest.raises(UserError, match="no finished rows of suite table1-cifar10-cpu-ref"):
+        publish_rows(tmp_path / "published", tmp_path / "elsewhere", ["table1-cifar10-cpu-ref"])
