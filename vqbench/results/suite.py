@@ -1,7 +1,8 @@
 """Suites: named lists of runs sharing a recipe (``suites:`` in ``registry.yaml``).
 
-A suite is a dataset, a list of quantizers, seeds and ``key=value`` overrides; each
-quantizer × seed is one ``fit``. A run whose config hash already has a finished row in
+A suite is a dataset, a list of quantizers, seeds and ``key=value`` overrides (and, under
+``tuned:``, a quantizer's own overrides: what its sweep chose); each quantizer × seed is
+one ``fit``. A run whose config hash already has a finished row in
 the results folder is skipped, so a suite that was killed resumes where it stopped (the
 run that was cut off has no row and starts over). A run that diverges gets a ``failed``
 row and the suite goes on; the next invocation does not retry it (its run folder says
@@ -65,11 +66,16 @@ def plan_suite(name: str, overrides: list[str] | None = None, seeds: list[int] |
         if unknown:
             raise UserError(f"suite {name!r} has no quantizer {unknown[0]!r}{suggest(unknown[0], names)}")
         names = [q for q in names if q in quantizers]
+    tuned = spec.get("tuned") or {}  # quantizer -> its own overrides (a sweep's choice)
+    stray = [q for q in tuned if q not in spec["quantizers"]] if isinstance(tuned, dict) else [tuned]
+    if stray:
+        raise UserError(f"suite {name!r}: tuned must map the suite's quantizers to KEY=VALUE lists, got {stray[0]!r}")
     plan = []
     for seed in seeds if seeds is not None else spec.get("seeds", [0]):
         for quantizer in names:
             cfg = resolve_config(quantizer, spec.get("dataset"), spec.get("model"),
-                                 [*(spec.get("overrides") or []), f"seed={int(seed)}", *(overrides or [])])
+                                 [*(spec.get("overrides") or []), *(tuned.get(quantizer) or []),
+                                  f"seed={int(seed)}", *(overrides or [])])
             plan.append(PlannedRun(quantizer, int(seed), cfg, config_hash(cfg)))
     return plan
 

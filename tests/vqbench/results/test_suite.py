@@ -87,3 +87,18 @@ def test_published_rows_keep_their_curves_after_the_run_folders_are_gone(tiny_su
 
     with pytest.raises(UserError, match="no finished rows of suite table1-cifar10-cpu-ref"):
         publish_rows(tmp_path / "published", tmp_path / "elsewhere", ["table1-cifar10-cpu-ref"])
+
+
+def test_a_suite_s_tuned_values_apply_to_their_quantizer_only(tiny_suite, monkeypatch):
+    suites = dict(registry_document()["suites"])
+    suites["tiny-tuned"] = {**suites[tiny_suite], "tuned": {"gmvq": ["quantizer.gamma=0.003"]}}
+    monkeypatch.setitem(registry_document(), "suites", suites)
+    plan = {run.quantizer: run for run in plan_suite("tiny-tuned")}
+    assert plan["gmvq"].config.quantizer.gamma == 0.003
+    assert plan["gmvq-entropy"].config.quantizer.gamma == 0.01  # its registry default
+    untuned = {run.quantizer: run for run in plan_suite(tiny_suite)}
+    assert plan["vqvae"].config_hash == untuned["vqvae"].config_hash  # shared rows with the untuned suite
+    assert plan["gmvq"].config_hash != untuned["gmvq"].config_hash
+    suites["tiny-bad"] = {**suites[tiny_suite], "tuned": {"gmvqq": ["quantizer.gamma=0.003"]}}
+    with pytest.raises(UserError, match="suite 'tiny-bad': tuned must map the suite's quantizers to KEY=VALUE lists, got 'gmvqq'"):
+        plan_suite("tiny-bad")
