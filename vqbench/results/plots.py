@@ -95,10 +95,10 @@ def style(k: int) -> dict[str, Any]:
     return {"color": plt.get_cmap("tab10")(k % 10), "marker": MARKERS[(k + k // 10) % len(MARKERS)]}
 
 
-def run_labels(runs: list[RunRecord]) -> list[str]:
+def run_labels(runs: list[RunRecord], with_seed: bool = True) -> list[str]:
     """Quantizer names, with the hyperparameters (and seed) that tell same-named runs apart."""
     def settings(run: RunRecord) -> dict[str, Any]:
-        return {**run.config.get("quantizer", {}), "seed": run.config.get("seed")}
+        return {**run.config.get("quantizer", {}), **({"seed": run.config.get("seed")} if with_seed else {})}
 
     labels = []
     for run in runs:
@@ -111,15 +111,30 @@ def run_labels(runs: list[RunRecord]) -> list[str]:
     return labels
 
 
+def seed_groups(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
+    """Runs that differ only in their seed, under one label."""
+    groups: dict[str, list[RunRecord]] = {}
+    for run, label in zip(runs, run_labels(runs, with_seed=False)):
+        groups.setdefault(label, []).append(run)
+    return groups
+
+
 def plot_curves(runs: list[RunRecord], path: Path) -> Path:
-    """Train loss, test MSE and test perplexity per epoch, one line per run."""
+    """Train loss, test MSE and test perplexity per epoch, one line per run, or per group of
+    runs that differ only in their seed: the mean over seeds, the band from min to max."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
     panels = [("train_loss", "train loss"), ("mse", "test MSE"), ("perplexity", "test perplexity")]
-    for k, (run, label) in enumerate(zip(runs, run_labels(runs))):
-        epochs = [r["epoch"] for r in run.history]
+    for k, (label, group) in enumerate(seed_groups(runs).items()):
+        epochs = sorted({r["epoch"] for run in group for r in run.history})
+        if len(group) > 1:
+            label = f"{label} ({len(group)} seeds)"
         for ax, (key, _) in zip(axes, panels):
-            ax.plot(epochs, [r[key] for r in run.history], ms=5 if len(epochs) < 15 else 0, label=label,
+            by_epoch = [[r[key] for run in group for r in run.history if r["epoch"] == e] for e in epochs]
+            ax.plot(epochs, [float(np.mean(v)) for v in by_epoch], ms=5 if len(epochs) < 15 else 0, label=label,
                     **style(k))
+            if len(group) > 1:
+                ax.fill_between(epochs, [min(v) for v in by_epoch], [max(v) for v in by_epoch],
+                                color=style(k)["color"], alpha=0.15, lw=0)
     last = max(r["epoch"] for run in runs for r in run.history)
     for ax, (key, title) in zip(axes, panels):
         ax.set_xlabel("epoch")
