@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 import warnings
@@ -63,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vqbench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `vqbench table | head`: the reader left; Python's documented exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except RuntimeError as exc:
         if args.debug or "home directory" not in str(exc):
             raise

@@ -19,7 +19,8 @@ def add_parser(subparsers) -> None:
                    help="add each method's difference from this one, marked when within noise (e.g. gmvq)")
     p.add_argument("--format", choices=["markdown", "csv"], default="markdown")
     p.add_argument("--metrics", default="mse,perplexity,code_perplexity", metavar="M,M,...",
-                   help="columns: mse, perplexity, psnr, ssim, usage, code_perplexity, codes_used "
+                   help="columns: mse, perplexity, psnr, ssim, usage, code_perplexity, codes_used, "
+                        "images_per_s, wall_s "
                         "(default: mse,perplexity,code_perplexity)")
     p.set_defaults(func=handle)
 

@@ -29,7 +29,9 @@ PAPER = {"epochs": 100, "batch_size": 256, "lr": {"cifar10": 1e-2, "celeba": 1e-
 # metric -> (column label, scale, digits, the paper's key in registry.yaml or None)
 METRIC_COLUMNS = {"mse": ("MSE", 1e3, 2, "mse_e3"), "perplexity": ("ppl", 1.0, 1, "perplexity"),
                   "psnr": ("PSNR", 1.0, 2, None), "ssim": ("SSIM", 1.0, 4, None), "usage": ("usage", 1.0, 3, None),
-                  "code_perplexity": ("code ppl", 1.0, 1, None), "codes_used": ("codes used", 1.0, 0, None)}
+                  "code_perplexity": ("code ppl", 1.0, 1, None), "codes_used": ("codes used", 1.0, 0, None),
+                  # what a run cost: training images/s (all ranks) and the run's wall time in minutes
+                  "images_per_s": ("img/s", 1.0, 0, None), "wall_s": ("minutes", 1 / 60, 1, None)}
 # code_perplexity beside the paper's perplexity: a soft q(c|x) can read 1024 while one code is used.
 DEFAULT_METRICS = ("mse", "perplexity", "code_perplexity")
 
@@ -52,7 +54,8 @@ class Table1:
 
     def title(self) -> str:
         long = {"mse": "MSE (x1e-3)", "psnr": "PSNR (dB)", "perplexity": "perplexity",
-                "code_perplexity": "code perplexity (of the argmax codes)"}
+                "code_perplexity": "code perplexity (of the argmax codes)",
+                "images_per_s": "training images/s", "wall_s": "minutes per run"}
         names = ", ".join(long.get(m, METRIC_COLUMNS[m][0]) for m in self.metrics)
         lines = [f"Table 1 (GM-VQ paper) rows: test {names}; ours beside the paper's where it reports one; "
                  "mean ± std (n) over seeds"]
@@ -147,11 +150,14 @@ def build_table1(results: pd.DataFrame, suite: str | None = None,
         headings[dataset] = (f"the paper's recipe ({sample['recipe']})" if not diffs else
                              f"NOT the paper's recipe: {'; '.join(diffs)} [{sample['recipe']}]")
 
+    # A suite's table shows the Table 1 columns it has runs for (a CIFAR-10 suite: no CelebA column).
+    columns = {d: c for d, c in COLUMNS.items() if suite is None or len(chosen[d])} or dict(COLUMNS)
+    headings = {d: h for d, h in headings.items() if d in columns}
     records = []
     for name, label in methods:
         paper = get_quantizer_entry(name).paper
         record: dict[str, object] = {"method": label, "quantizer": name}
-        for dataset, col in COLUMNS.items():
+        for dataset, col in columns.items():
             rows = chosen[dataset]
             mine = rows[rows["quantizer"] == name]
             done = mine[mine["status"] == "finished"]

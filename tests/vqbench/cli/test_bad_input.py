@@ -139,3 +139,18 @@ def test_benchmark_scripts_take_bad_input_in_one_line(argv, fragment, files):
                             capture_output=True, text=True, timeout=120)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and fragment in lines[0], (result.returncode, result.stderr)
+
+
+def test_a_reader_that_leaves_early_is_no_traceback(tmp_path):
+    """`vqbench table | head -1`: the pipe closes while vqbench still writes."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from vqbench.cli import main; import vqbench.cli.list as l\n"
+            "def flood(args):\n    [print('x' * 100) for _ in range(20000)]\n"
+            "l.handle = flood\nsys.exit(main(['list']))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()  # the reader is gone
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1 and "Traceback" not in stderr, stderr

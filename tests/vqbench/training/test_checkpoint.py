@@ -158,4 +158,6 @@ def test_the_fallback_warning_points_at_the_caller(tmp_path):
         progress = resume_checkpoint(tmp_path, "h", lambda state, path: {"step": state["step"]})
     assert progress == {"step": 1}
     [warning] = [w for w in caught if issubclass(w.category, ResumeWarning)]
-    assert warning.filename == __file__  # stacklevel: the line that called resume_checkpoint
+    # stacklevel: the line that called resume_checkpoint (here; mutmut's trampoline when it runs this),
+    # not _warn's own line nor pytest's machinery above the caller
+    assert not warning.filename.endswith("training/checkpoint.py") and "_pytest" not in warning.filename
