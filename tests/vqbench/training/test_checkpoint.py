@@ -161,3 +161,48 @@ def test_the_fallback_warning_points_at_the_caller(tmp_path):
     # stacklevel: the line that called resume_checkpoint (here; mutmut's trampoline when it runs this),
     # not _warn's own line nor pytest's machinery above the caller
     assert not warning.filename.endswith("training/checkpoint.py") and "_pytest" not in warning.filename
+
+
+def test_set_aside_never_overwrites_an_earlier_damaged_file(tmp_path):
+    from vqbench.training.checkpoint import set_aside
+
+    for n, expected in enumerate(["checkpoint.pt.damaged", "checkpoint.pt.damaged.2", "checkpoint.pt.damaged.3"]):
+        (tmp_path / "checkpoint.pt").write_bytes(bytes([n]))
+        assert set_aside(tmp_path / "checkpoint.pt").name == expected
+    assert [(tmp_path / name).read_bytes() for name in ("checkpoint.pt.damaged", "checkpoint.pt.damaged.2",
+                                                         "checkpoint.pt.damaged.3")] == [b"\x00", b"\x01", b"\x02"]
+
+
+def test_resume_restores_from_the_file_it_read_and_only_rank_0_renames(tmp_path):
+    seen = []
+
+    def restore(state, path):
+        seen.append(path.name)
+        return {"step": state["step"]}
+
+    save_checkpoint(tmp_path, {"model": {}, "step": 1, "config_hash": "h"})
+    save_checkpoint(tmp_path, {"model": {}, "step": 2, "config_hash": "h"})
+    assert resume_checkpoint(tmp_path, "h", restore) == {"step": 2} and seen == ["checkpoint.pt"]
+    (tmp_path / "checkpoint.pt").write_bytes(b"damaged")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert resume_checkpoint(tmp_path, "h", restore, is_main=False) == {"step": 1}
+    assert seen[-1] == "checkpoint.prev.pt" and (tmp_path / "checkpoint.pt").is_file()  # another rank: no rename
+    (tmp_path / "checkpoint.pt").unlink()  # killed between the rotation's renames
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert resume_checkpoint(tmp_path, "h", restore) == {"step": 1}
+    assert seen[-1] == "checkpoint.prev.pt"
+
+
+def test_neither_checkpoint_usable_names_both_reasons(tmp_path):
+    save_checkpoint(tmp_path, {"model": {}, "step": 1, "config_hash": "h"})
+    save_checkpoint(tmp_path, {"model": {}, "step": 2, "config_hash": "h"})
+    (tmp_path / "checkpoint.pt").write_bytes(b"damaged")
+    torch.save({"model": {}, "step": 1, "config_hash": "other"}, tmp_path / "checkpoint.prev.pt")
+    with pytest.raises(UserError) as info:
+        resume_checkpoint(tmp_path, "h", lambda state, path: {"step": state["step"]})
+    message = str(info.value)
+    assert message.startswith(f"neither checkpoint of {tmp_path} can be used: checkpoint.pt cannot be read (")
+    assert message.endswith("; checkpoint.prev.pt belongs to another configuration (hash other, this one is h); "
+                            "delete its checkpoints to start the run over")
