@@ -1,0 +1,83 @@
+"""quantizers/distributed.py with real collectives: two gloo ranks in two processes, every
+helper against its known answer; and without a process group, every helper is the identity."""
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from quantizers import distributed as Fd
+
+
+def _rank(rank: int, port: int, results) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        out = {"is_distributed": Fd.is_distributed(), "world_size": Fd.world_size()}
+        out["sum"] = Fd.all_reduce_sum_(torch.tensor([rank + 1.0, 10.0])).tolist()
+        out["max"] = Fd.all_reduce_max_(torch.tensor([float(rank), 1.0 - rank])).tolist()
+        x = torch.tensor(rank + 1.0, requires_grad=True)
+        y = Fd.all_reduce_sum_autograd(x)
+        (y * (rank + 1)).backward()  # rank r's loss: (r + 1) * Σ x
+        out["autograd"] = (float(y), float(x.grad))
+        out["broadcast"] = Fd.broadcast_(torch.tensor([rank * 7.0])).tolist()
+        torch.manual_seed(rank)  # a different module on each rank
+        module = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+        module[1].running_mean.fill_(rank + 3.0)
+        Fd.broadcast_module_(module)
+        out["module"] = [t.tolist() for t in (*module.parameters(), *module.buffers())]
+        calls = []
+        out["rank0"] = Fd.on_rank0_then_broadcast(lambda: calls.append(rank) or torch.tensor([rank + 5.0]),
+                                                  torch.zeros(1)).tolist()
+        out["computed_on"] = calls
+        results.put((rank, out))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_ranks_get_the_known_answers():
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_rank, args=(r, port, results)) for r in range(2)]
+    for p in procs:
+        p.start()
+    got = dict(results.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    torch.manual_seed(0)
+    rank0 = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    rank0[1].running_mean.fill_(3.0)
+    expected_module = [t.tolist() for t in (*rank0.parameters(), *rank0.buffers())]
+    for rank in (0, 1):
+        out = got[rank]
+        assert out["is_distributed"] and out["world_size"] == 2
+        assert out["sum"] == [3.0, 20.0] and out["max"] == [1.0, 1.0]
+        assert out["autograd"] == (3.0, 3.0)  # x.grad = the sum of the ranks' output gradients, 1 + 2
+        assert out["broadcast"] == [0.0]
+        assert out["module"] == expected_module
+        assert out["rank0"] == [5.0]
+    assert got[0]["computed_on"] == [0] and got[1]["computed_on"] == []  # decided once, on rank 0
+
+
+def test_without_a_process_group_every_helper_is_the_identity():
+    assert not Fd.is_distributed() and Fd.world_size() == 1
+    t = torch.tensor([1.0, 2.0])
+    for helper in (Fd.all_reduce_sum_, Fd.all_reduce_max_, Fd.broadcast_, Fd.all_reduce_sum_autograd):
+        assert helper(t) is t and t.tolist() == [1.0, 2.0]
+    module = torch.nn.Linear(2, 2)
+    before = [p.clone() for p in module.parameters()]
+    Fd.broadcast_module_(module)
+    assert all(torch.equal(a, b) for a, b in zip(before, module.parameters()))
+    assert Fd.on_rank0_then_broadcast(lambda: torch.tensor([9.0]), torch.zeros(1)).tolist() == [9.0]
