@@ -147,8 +147,9 @@ def build_table1(results: pd.DataFrame, suite: str | None = None,
         chosen[dataset] = rows
         sample = rows[rows["status"] == "finished"].iloc[-1]
         diffs = recipe_differences(sample, dataset)
-        headings[dataset] = (f"the paper's recipe ({sample['recipe']})" if not diffs else
-                             f"NOT the paper's recipe: {'; '.join(diffs)} [{sample['recipe']}]")
+        recipe = f"{sample['recipe']}, model {sample['model']}" if isinstance(sample.get("model"), str) else sample["recipe"]
+        headings[dataset] = (f"the paper's recipe ({recipe})" if not diffs else
+                             f"NOT the paper's recipe: {'; '.join(diffs)} [{recipe}]")
 
     # A suite's table shows the Table 1 columns it has runs for (a CIFAR-10 suite: no CelebA column).
     columns = {d: c for d, c in COLUMNS.items() if suite is None or len(chosen[d])} or dict(COLUMNS)
