@@ -66,3 +66,14 @@ def test_a_resumed_run_is_not_calibrated_again():
     resumed.train()
     resumed.quantize(torch.full((3, 2), 5.0))
     assert resumed.seen == [] and bool(resumed.calibrated)
+
+
+def test_k_means_under_calibration_draws_from_the_run_s_generator_only():
+    samples = torch.randn(32, 2)
+    books = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        q = Probe(from_data=True)
+        q.init_codebook(samples, torch.Generator().manual_seed(4))
+        books.append(q.embedding.detach().clone())
+    assert torch.equal(books[0], books[1])
