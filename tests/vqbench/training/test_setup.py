@@ -111,3 +111,32 @@ def test_the_progress_bar_is_off_unless_stderr_is_a_terminal(monkeypatch):
     monkeypatch.delenv("VQBENCH_NO_PROGRESS")
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
     assert progress_bar(10, "train").disable
+
+
+@pytest.mark.parametrize("mode, passed, graphs", [("default", None, False), ("max-autotune", "max-autotune", True),
+                                                  ("reduce-overhead", "reduce-overhead", True),
+                                                  ("max-autotune-no-cudagraphs", "max-autotune-no-cudagraphs", False)])
+def test_compile_hands_inductor_its_mode_static_shapes_and_the_workaround(mode, passed, graphs, monkeypatch):
+    import torch._inductor.config as inductor
+
+    calls = []
+
+    class Recorder(torch.nn.Module):
+        def compile(self, **kwargs):
+            calls.append(kwargs)
+
+    if hasattr(inductor.triton, "mix_order_reduction"):
+        monkeypatch.setattr(inductor.triton, "mix_order_reduction", True)
+    assert compile_model(Recorder(), mode) is graphs
+    assert calls == [{"mode": passed, "dynamic": False}]
+    if hasattr(inductor.triton, "mix_order_reduction"):
+        assert inductor.triton.mix_order_reduction is False
+    assert compile_model(Recorder(), "none") is False and len(calls) == 1  # none compiles nothing
+
+
+def test_the_progress_bar_counts_steps_by_default(monkeypatch):
+    monkeypatch.delenv("VQBENCH_NO_PROGRESS", raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    bar = progress_bar(3, "x")
+    assert bar.unit == "step"
+    bar.close()
