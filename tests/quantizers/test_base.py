@@ -194,3 +194,99 @@ def test_temperature_anneals_two_to_a_tenth_and_is_checkpointed(name):
     q.set_progress(1.0)
     assert float(q.tau) == pytest.approx(0.1)
     assert "tau" in q.state_dict()
+
+
+def test_check_positive_says_what_was_wrong_and_what_would_be_right():
+    from quantizers.base import check_positive
+
+    for value in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError) as err:
+            check_positive("gamma", value)
+        assert str(err.value) == f"gamma must be a finite number > 0, got {value!r}"
+    check_positive("beta", 0.0, allow_zero=True)
+    with pytest.raises(ValueError) as err:
+        check_positive("beta", -0.5, allow_zero=True)
+    assert str(err.value) == "beta must be a finite number ≥ 0, got -0.5"
+    for key in ("tau_start", "tau_end"):
+        with pytest.raises(ValueError) as err:
+            build("gumbel-vqvae", num_codes=8, dim=4, **{key: 0.0})
+        assert str(err.value) == f"{key} must be a finite number > 0, got 0.0"
+
+
+def test_sizes_one_code_of_one_dimension_is_the_smallest_quantizer():
+    q = QuantizeStyle(num_codes=1, dim=1)
+    assert (q.num_codes, q.dim) == (1, 1) and q(torch.randn(2, 1, 2, 3)).indices.shape == (2, 2, 3)
+    for kwargs, message in [({"num_codes": 0, "dim": 4}, "num_codes must be a whole number ≥ 1, got 0"),
+                            ({"num_codes": 2.5, "dim": 4}, "num_codes must be a whole number ≥ 1, got 2.5"),
+                            ({"num_codes": 4, "dim": 0}, "dim must be a whole number ≥ 1, got 0"),
+                            ({"num_codes": 4, "dim": 1.5}, "dim must be a whole number ≥ 1, got 1.5")]:
+        with pytest.raises(ValueError) as err:
+            QuantizeStyle(**kwargs)
+        assert str(err.value) == message
+
+
+class ProbsStub(CodebookQuantizer):
+    """z_q = z, index n and a distinct probs row per flat position: where each lands is known."""
+
+    def quantize(self, z):
+        n = torch.arange(len(z))
+        probs = torch.nn.functional.one_hot(n % self.num_codes, self.num_codes).float() + n[:, None]
+        return QuantizerOutput(z_q=z, loss=z.sum() * 0, indices=n, probs=probs)
+
+
+def test_the_layout_round_trip_puts_every_position_back_where_it_was():
+    q = ProbsStub(num_codes=7, dim=3)
+    z = torch.randn(2, 3, 4, 5)  # B=2, a non-square 4x5 grid
+    out = q(z)
+    assert torch.equal(out.z_q, z)
+    flat = torch.arange(2 * 4 * 5).reshape(2, 4, 5)  # (b, h, w) -> b*20 + h*5 + w
+    assert torch.equal(out.indices, flat)
+    assert out.probs.shape == (2, 4, 5, 7)
+    assert torch.equal(out.probs[1, 2, 3], q.quantize(torch.zeros(40, 3)).probs[1 * 20 + 2 * 5 + 3])
+    for bad in (torch.randn(2, 4, 4, 5), torch.randn(2, 3, 4), torch.randn(3, 2, 3, 4, 5)):
+        with pytest.raises(ValueError) as err:
+            q(bad)
+        assert str(err.value) == f"expected (B, 3, H, W) or (N, 3) input, got {tuple(bad.shape)}"
+
+
+def test_embed_is_the_codebook_rows_in_the_codes_layout_and_refuses_bad_codes():
+    q = QuantizeStyle(num_codes=6, dim=2)
+    codes = torch.tensor([[[0, 5, 1], [2, 3, 4]]])  # (1, 2, 3): non-square
+    z = q.embed(codes)
+    assert z.shape == (1, 2, 2, 3)
+    assert torch.equal(z[0, :, 1, 2], q.codebook[4].detach()) and torch.equal(z[0, :, 0, 1], q.codebook[5].detach())
+    assert torch.equal(q.embed(torch.tensor([5, 0])), q.codebook[[5, 0]].detach())
+    for bad in (torch.tensor([[1, 2]]), torch.tensor([1.0]), torch.tensor([True]), torch.tensor([1 + 0j])):
+        with pytest.raises(ValueError) as err:
+            q.embed(bad)
+        assert str(err.value) == f"expected integer codes (N,) or (B, H, W), got {bad.dtype} {tuple(bad.shape)}"
+    for bad, shown in ((torch.tensor([0, 6]), "[0, 6]"), (torch.tensor([-1, 3]), "[-1, 3]")):
+        with pytest.raises(ValueError) as err:
+            q.embed(bad)
+        assert str(err.value) == f"codes must be in [0, 6), got {shown}"
+
+
+def test_a_forward_style_grandchild_stays_forward_style():
+    class Parent(Quantizer):
+        @property
+        def codebook(self):
+            return torch.zeros(self.num_codes, self.dim)
+
+        def forward(self, z):
+            return QuantizerOutput(z_q=z, loss=z.sum() * 0, indices=torch.zeros(len(z), dtype=torch.long))
+
+    class Child(Parent):
+        seen: list = []
+
+        def forward(self, z):
+            type(self).seen.append(tuple(z.shape))
+            return super().forward(z)
+
+    out = Child(num_codes=2, dim=3)(torch.randn(2, 3, 4, 5))
+    assert Child.seen == [(40, 3)] and out.z_q.shape == (2, 3, 4, 5) and out.indices.shape == (2, 4, 5)
+    assert Child.quantize is Child.__dict__["quantize"]  # its forward became its quantize
+
+
+def test_the_default_reconstruction_loss_is_the_pixel_mse():
+    x, x_hat = torch.rand(2, 3, 4, 4), torch.rand(2, 3, 4, 4)
+    assert QuantizeStyle(num_codes=2, dim=2).reconstruction_loss(x, x_hat) == F.mse_loss(x_hat, x)
