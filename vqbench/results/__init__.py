@@ -3,6 +3,8 @@
 - :mod:`.suite`: named lists of runs (``suites:`` in registry.yaml), resumable;
 - :mod:`.table`: Table 1 of the GM-VQ paper, our numbers beside the paper's;
 - :mod:`.suite_table`: the table of any other suite; :mod:`.compare`: which differences exceed noise;
+- :mod:`.run_records`: finished runs from run folders or result rows (curves in ``history``);
+- :mod:`.publish`: a suite's rows copied into the committed ``published/``;
 - :mod:`.plots`: PNG figures. Imported on its own (``vqbench.results.plots``), not here:
   it loads matplotlib and selects its Agg backend, which importing Table 1 should not do.
 

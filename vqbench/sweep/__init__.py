@@ -1,6 +1,7 @@
 """Optuna sweeps: ``sweep(load_sweep("gamma"))`` tunes a sweep file's search space with ``fit``.
 
 - :mod:`.spec`: ``sweeps/NAME.yaml`` (base run, space, objectives, sampler, pruner, budget);
+- :mod:`.space`: the search space's entries (``Param``), each checked on load;
 - :mod:`.study`: ``sweep``, which opens (or resumes, or joins) the study and starts workers;
 - :mod:`.worker`: one worker's loop and the trial objective;
 - :mod:`.storage`: where the study lives, the lock that keeps the budget exact, lost trials;
@@ -9,7 +10,8 @@
 """
 from .rdb import StorageUnavailable
 from .reporting import SweepReport, report, trials_dataframe
-from .spec import Objective, Param, SweepSpec, available_sweeps, load_sweep
+from .space import Param
+from .spec import Objective, SweepSpec, available_sweeps, load_sweep
 from .storage import DEFAULT_OUT, redact
 from .study import SweepResult, open_study, sweep
 from .worker import TrialObjective, run_worker

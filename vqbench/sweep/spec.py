@@ -6,7 +6,6 @@ Every key is checked on load; a mistake names the file, the key and what would b
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -16,43 +15,15 @@ from omegaconf import DictConfig
 
 from ..config import resolve_config
 from ..errors import UserError, suggest
+from .space import Param, grid_points, parse_param
 
 PACKAGE_SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"  # vqbench/sweeps
 TOP_KEYS = ("description", "base", "space", "objectives", "sampler", "pruner", "n_trials")
 BASE_KEYS = ("quantizer", "dataset", "model", "overrides")
-PARAM_TYPES = ("float", "int", "categorical")
 METRICS = ("mse", "perplexity", "code_perplexity", "codes_used")  # fit's summary / per-epoch record
 VALIDATION = 0.1  # the share of the training images a sweep holds out to evaluate its trials
 SAMPLERS = ("tpe", "random", "nsga2", "qmc", "grid")  # grid: every combination of categorical choices
 PRUNERS = ("median", "percentile", "successive-halving", "hyperband", "none")
-
-
-@dataclass(frozen=True)
-class Param:
-    """One searched (or fixed) config key, e.g. ``quantizer.gamma`` log-uniform in [1e-4, 1]."""
-
-    key: str
-    type: str  # float | int | categorical | fixed
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    choices: tuple | None = None
-    value: Any = None  # type == fixed
-
-    def probe(self) -> Any:
-        """A value inside the space, to check the key resolves before anything runs."""
-        if self.type == "fixed":
-            return self.value
-        if self.type == "categorical":
-            return self.choices[0]
-        mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
-        return int(round(mid)) if self.type == "int" else mid
-
-
-def grid_points(params: tuple[Param, ...]) -> int:
-    """How many trials a grid sampler has: every combination of the searched keys' choices."""
-    return math.prod(len(p.choices) for p in params if p.type == "categorical")
 
 
 @dataclass(frozen=True)
@@ -166,7 +137,7 @@ def parse_sweep(doc: Any, path: Path) -> SweepSpec:
     space = doc["space"]
     if not isinstance(space, dict) or not space:
         raise bad("space", "must map config keys to ranges, e.g. quantizer.gamma: {type: float, low: 1e-4, high: 1, log: true}")
-    params = tuple(_parse_param(str(k), v, bad) for k, v in space.items())
+    params = tuple(parse_param(str(k), v, bad) for k, v in space.items())
     if not any(p.type != "fixed" for p in params):
         raise bad("space", "fixes every key; give at least one a range or choices")
 
@@ -209,43 +180,6 @@ def parse_sweep(doc: Any, path: Path) -> SweepSpec:
         quantizer=base["quantizer"], dataset=str(base.get("dataset", "cifar10")), model=base.get("model"),
         overrides=tuple(overrides), space=params, objectives=tuple(parsed),
         sampler=sampler, pruner=pruner, n_trials=n_trials)
-
-
-def _parse_param(key: str, value: Any, bad) -> Param:
-    where = f"space.{key}"
-    if not isinstance(value, dict):
-        if isinstance(value, (int, float, str, bool)) or value is None:
-            return Param(key, "fixed", value=value)
-        raise bad(where, "must be a value (fixed) or a mapping with type and a range or choices")
-    kind = value.get("type", "categorical" if "choices" in value else "float")
-    allowed = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "low", "high", "log", "step"},
-               "categorical": {"type", "choices"}}
-    if kind not in allowed:
-        raise bad(f"{where}.type", f"must be one of {', '.join(PARAM_TYPES)}, got {kind!r}")
-    for k in value:
-        if k not in allowed[kind]:
-            raise bad(f"{where}.{k}", f"is not a key of a {kind} parameter; use {', '.join(sorted(allowed[kind]))}")
-    if kind == "categorical":
-        choices = value.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise bad(f"{where}.choices", "must be a non-empty list")
-        return Param(key, kind, choices=tuple(choices))
-    for k in ("low", "high"):
-        v = value.get(k)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise bad(f"{where}.{k}", f"is required and must be a finite number, got {v!r}")
-        if kind == "int" and not float(v).is_integer():
-            raise bad(f"{where}.{k}", f"must be an integer for an int parameter, got {v!r}")
-    low, high, log = value["low"], value["high"], bool(value.get("log", False))
-    if not low < high:
-        raise bad(where, f"low ({low}) must be below high ({high}); to fix a value write `{key}: VALUE`")
-    if log and low <= 0:
-        raise bad(f"{where}.low", f"must be > 0 on a log scale, got {low}")
-    step = value.get("step")
-    if step is not None and (log or not isinstance(step, (int, float)) or step <= 0):
-        raise bad(f"{where}.step", "must be a number > 0 and cannot be combined with log: true")
-    cast = int if kind == "int" else (lambda v: v)
-    return Param(key, kind, low=cast(low), high=cast(high), log=log, step=step)
 
 
 def _check_named(section: Any, key: str, names: tuple[str, ...], bad) -> None:

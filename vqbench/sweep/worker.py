@@ -21,7 +21,8 @@ from omegaconf import OmegaConf
 
 from ..errors import WRITE_ERRNOS, UserError, WriteFailed, exception_line, one_line_warning, print_error
 from ..rundir import write_json_atomic
-from .spec import Param, SweepSpec
+from .space import Param
+from .spec import SweepSpec
 from .rdb import StorageUnavailable, is_connection_error, lost_connection_line
 from .storage import FAILURE, StudyLock, budget, make_storage, worker_identity
 
@@ -29,11 +30,11 @@ from .storage import FAILURE, StudyLock, budget, make_storage, worker_identity
 def make_sampler(spec: SweepSpec, seed: int) -> optuna.samplers.BaseSampler:
     cfg = spec.sampler
     options = dict(cfg.get("options") or {})
-    if cfg["name"] == "grid":  # the paper's procedure: the best value of a fixed list
-        options["search_space"] = {p.key: list(p.choices) for p in spec.searched}
+    # grid: the paper's procedure, the best value of a fixed list. Its points are enqueued as
+    # waiting trials (study.enqueue_grid), each taken once; the sampler draws nothing.
     cls = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
            "nsga2": optuna.samplers.NSGAIISampler, "qmc": optuna.samplers.QMCSampler,
-           "grid": optuna.samplers.GridSampler}[cfg["name"]]
+           "grid": optuna.samplers.RandomSampler}[cfg["name"]]
     if cfg["name"] == "tpe" and len(spec.objectives) == 1:
         options.setdefault("multivariate", len(spec.searched) > 1)
     try:

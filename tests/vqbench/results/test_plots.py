@@ -15,7 +15,8 @@ def test_pareto_front():
 def test_curves_average_the_seeds_of_a_setting_and_keep_settings_apart(tmp_path):
     from pathlib import Path
 
-    from vqbench.results.plots import RunRecord, plot_curves, seed_groups
+    from vqbench.results.plots import plot_curves, seed_groups
+    from vqbench.results.run_records import RunRecord
 
     def run(q, gamma, seed):
         history = [{"epoch": e, "train_loss": 1 / e, "mse": 0.02 / e + seed * 1e-3, "perplexity": 10.0 * e}
