@@ -85,7 +85,7 @@ def recipe_of(cfg: DictConfig, summary: dict[str, Any]) -> tuple[str, str]:
 
 
 def make_row(cfg: DictConfig, summary: dict[str, Any], status: str = "finished",
-             error: str | None = None) -> dict[str, Any]:
+             error: str | None = None, history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The tidy row of one run from its resolved config and ``fit``'s summary."""
     hparams = {k: v for k, v in OmegaConf.to_container(cfg.quantizer, resolve=True).items() if k != "name"}
     recipe_id, recipe = recipe_of(cfg, summary)
@@ -106,7 +106,7 @@ def make_row(cfg: DictConfig, summary: dict[str, Any], status: str = "finished",
         "vqbench": summary.get("vqbench"), "git_rev": git_revision(),
         "run_dir": summary.get("run_dir"), "finished_at": pd.Timestamp.now(tz="UTC"),
         "config": json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True, default=str),
-        "history": history_json(summary.get("run_dir")),
+        "history": json.dumps(history, default=str) if history is not None else None,
     }
     for key, value in hparams.items():
         if isinstance(value, (bool, int, float, str)) or value is None:
@@ -115,8 +115,8 @@ def make_row(cfg: DictConfig, summary: dict[str, Any], status: str = "finished",
 
 
 def history_json(run_dir: str | os.PathLike | None) -> str | None:
-    """The run's per-epoch records (``metrics.jsonl``) as one JSON list, so that its curves
-    outlive the run folder (``vqbench plot RESULTS`` draws them from the rows alone)."""
+    """A run folder's per-epoch records (``metrics.jsonl``) as the ``history`` column's JSON, for
+    a row written before that column (:mod:`vqbench.results.publish` fills it in)."""
     if not run_dir or not (Path(run_dir) / METRICS_FILE).is_file():
         return None
     return json.dumps(read_metrics(Path(run_dir)), default=str)
@@ -128,9 +128,11 @@ def rows_dir(results_dir: str | os.PathLike) -> Path:
 
 
 def append_row(results_dir: str | os.PathLike, cfg: DictConfig, summary: dict[str, Any],
-               status: str = "finished", error: str | None = None) -> Path:
-    """Write one run's row as ``<results_dir>/rows/<run_id>.parquet`` (tmp + fsync + rename)."""
-    row = make_row(cfg, summary, status, error)
+               status: str = "finished", error: str | None = None,
+               history: list[dict[str, Any]] | None = None) -> Path:
+    """Write one run's row as ``<results_dir>/rows/<run_id>.parquet`` (tmp + fsync + rename);
+    ``history``, the run's per-epoch records, keeps its curves in the row."""
+    row = make_row(cfg, summary, status, error, history)
     path = rows_dir(results_dir) / f"{row['run_id']}.parquet"
     write_atomic(path, lambda fh: pd.DataFrame([row]).to_parquet(fh, index=False), "wb")
     return path

@@ -23,7 +23,7 @@ def publish_rows(source: str | os.PathLike, dest: str | os.PathLike, suites: lis
     hashes: set[str] = set()
     for suite in suites:
         hashes |= suite_hashes(suite, extra_seeds=results_seeds(rows))
-    chosen = rows[rows["config_hash"].astype(str).isin(hashes)] if len(rows) else rows
+    chosen = rows[rows["config_hash"].astype(str).isin(hashes)]
     if chosen.empty:
         raise UserError(f"no finished rows of suite {', '.join(suites)} in {source}; run `vqbench suite NAME` first")
     folder = rows_dir(dest)

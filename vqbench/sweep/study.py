@@ -42,16 +42,12 @@ def enqueue_grid(study: optuna.Study, spec: SweepSpec, url: str, name: str) -> N
     import itertools
 
     keys = [p.key for p in spec.searched]
-    lock = StudyLock(study._storage, url, name)
-    lock.acquire()
-    try:
+    with StudyLock(study._storage, url, name):
         held = {tuple((t.params or t.system_attrs.get("fixed_params", {})).get(k) for k in keys)
                 for t in study.get_trials(deepcopy=False)}
         for point in itertools.product(*(p.choices for p in spec.searched)):
             if point not in held:
-                study.enqueue_trial(dict(zip(keys, point)), skip_if_exists=False)
-    finally:
-        lock.release()
+                study.enqueue_trial(dict(zip(keys, point)))
 
 
 def sweep(spec: SweepSpec, *, storage: str | None = None, study_name: str | None = None,

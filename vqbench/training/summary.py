@@ -44,7 +44,8 @@ def previous_result(run_dir: Path, log: Callable[[str], None]) -> RunResult | No
     return None
 
 
-def write_finished(cfg: DictConfig, run_dir: Path, summary: dict[str, Any]) -> None:
+def write_finished(cfg: DictConfig, run_dir: Path, summary: dict[str, Any],
+                   history: list[dict[str, Any]] | None = None) -> None:
     """The run's tidy result row (``results=``; vqbench table / results), then its summary.
 
     The row first: a kill between the two leaves no summary, so a re-run resumes and
@@ -53,7 +54,7 @@ def write_finished(cfg: DictConfig, run_dir: Path, summary: dict[str, Any]) -> N
     if cfg.get("results"):
         from ..rows import append_row
 
-        append_row(cfg.results, cfg, summary)
+        append_row(cfg.results, cfg, summary, history=history)
     write_json_atomic(run_dir / SUMMARY, summary)
     with contextlib.suppress(OSError):
         (run_dir / PREVIOUS_CHECKPOINT).unlink(missing_ok=True)

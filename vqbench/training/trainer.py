@@ -244,6 +244,6 @@ class Trainer:
         summary = finished_summary(self._identity(), self.history, self.data, self.images_seen, self.train_seconds,
                                    self.dist.world_size, self.batch_size * self.dist.world_size, self.started,
                                    self.device)
-        self.dist.call_on_main(write_finished, self.cfg, self.run_dir, summary)
+        self.dist.call_on_main(write_finished, self.cfg, self.run_dir, summary, self.history)
         return RunResult(run_dir=self.run_dir, summary=summary, history=self.history)
 
