@@ -24,7 +24,7 @@ def handle(args) -> int:
 
     if args.publish is not None or args.suite:
         if args.publish is None or not args.suite:
-            raise UserError("--publish DEST and --suite NAME go together (e.g. --publish published --suite table1-cifar10-cpu)")
+            raise UserError("--publish DEST and --suite NAME go together (e.g. --publish published --suite table1-cifar10-cpu-ref)")
         from ..results.publish import publish_rows
 
         written = publish_rows(args.dir, args.publish, args.suite)
