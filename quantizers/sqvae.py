@@ -91,7 +91,7 @@ class SQVAE(AnnealedQuantizer, CalibratedQuantizer, CodebookQuantizer):
         log_p = torch.log_softmax(-0.5 * precision * Fq.squared_distances(z32, codebook), dim=-1)
         probs = log_p.exp()
         if self.training:
-            _, indices, y = Fq.gumbel_softmax_st(log_p, self.tau)
+            y, indices = Fq.gumbel_softmax(log_p, self.tau)
             z_q = y @ codebook
         else:
             indices = log_p.argmax(-1)
