@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-COPIED = ["quantizers", "vqbench", "tests", "registry.yaml", "sweeps", "pyproject.toml", "examples", "docs"]
+COPIED = ["quantizers", "vqbench", "tests", "registry.yaml", "sweeps", "pyproject.toml", "examples", "docs", "benchmarks"]
 # the console script, not `python -m mutmut` (mutmut warns that -m re-executes its __main__)
 MUTMUT = [shutil.which("mutmut", path=str(Path(sys.executable).parent)) or "mutmut"]
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis", ".pytest_cache", "*.egg-info")
@@ -53,7 +53,7 @@ def prepare(work: Path, module: Path, tests: list[str]) -> None:
         "", "[tool.mutmut]",
         'source_paths = ["quantizers", "vqbench"]',
         f'only_mutate = ["{module.as_posix()}"]',
-        'also_copy = ["registry.yaml", "sweeps", "examples", "docs"]',
+        'also_copy = ["registry.yaml", "sweeps", "examples", "docs", "benchmarks"]',
         f"pytest_add_cli_args_test_selection = {tests!r}".replace("'", '"'),
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x", "--no-header"]',
         "timeout_multiplier = 5.0",

@@ -83,7 +83,8 @@ def sweep(spec: SweepSpec, *, storage: str | None = None, study_name: str | None
         codes = [run_worker(worker_index=0, log=log, **job)]
     else:
         ctx = mp.get_context("spawn")  # no fork after torch has started its thread pools
-        procs = [ctx.Process(target=worker_main, kwargs=dict(job, worker_index=i), name=f"vqbench-sweep-{i}")
+        procs = [ctx.Process(target=worker_main, kwargs=dict(job, worker_index=i, parent_pid=os.getpid()),
+                             name=f"vqbench-sweep-{i}")
                  for i in range(workers)]
         for p in procs:
             p.start()

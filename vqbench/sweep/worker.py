@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 import warnings
+import _thread
 from pathlib import Path
 from typing import Any, Callable
 
@@ -68,9 +70,32 @@ def worker_seed(spec: SweepSpec, worker_index: int) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
-def worker_main(**job: Any) -> None:
-    """A worker process of ``sweep(workers=N)``: ``run_worker``, its exit status a one-line report."""
+def stop_with_parent(parent_pid: int, poll_s: float = 1.0, grace_s: float = 30.0) -> threading.Thread:
+    """Interrupt this worker once the sweep process that started it is gone. A parent killed
+    by a signal its workers did not get (SIGTERM or SIGKILL to its pid alone) left them
+    training on as orphans, holding their trials and cores, writing to the study. The
+    interrupt fails the running trial (a later sweep re-queues it); if the worker has not
+    exited ``grace_s`` later, it is ended."""
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        print(f"vqbench: sweep worker {os.getpid()} stopping: its sweep process {parent_pid} is gone",
+              file=sys.stderr, flush=True)
+        _thread.interrupt_main()
+        time.sleep(grace_s)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="vqbench-parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def worker_main(parent_pid: int | None = None, **job: Any) -> None:
+    """A worker process of ``sweep(workers=N)``: ``run_worker``, its exit status a one-line
+    report; it stops when ``parent_pid`` (the sweep process) is gone."""
     warnings.formatwarning = one_line_warning  # as in the parent process (cli.main)
+    if parent_pid is not None:
+        stop_with_parent(parent_pid)
     try:
         code = run_worker(**job)
     except UserError as exc:  # WriteFailed (disk full) and StorageUnavailable are exit 1
