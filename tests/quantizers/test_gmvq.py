@@ -298,3 +298,93 @@ def test_head_learns_at_head_lr_scale_in_its_own_group() -> None:
     assert groups[0]["params"] == [q.embedding] and "lr_scale" not in groups[0]
     assert groups[1]["lr_scale"] == 0.3
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in q.weight_head.parameters()}
+
+
+def test_the_sample_is_the_formula_with_the_given_noise() -> None:
+    """j = argmax(log π + g) with the given Gumbel noise g, z = μ_j + σ_j ε with the given ε and
+    σ_j² = (‖ẑ − μ_j‖² + eps)/(2σ²L) (eq. 18), and the returned σ_j²‖ε‖²; exactly, in float64."""
+    from quantizers.gmvq import GMVQ
+
+    g = torch.Generator().manual_seed(3)
+    q = GMVQ(num_codes=6, dim=3, sigma2=0.7, eps=1e-3).double().train()
+    z = torch.randn(40, 3, dtype=F64, generator=g)
+    log_pi = q.log_posterior(z)
+    gumbel = Fq.gumbel_noise(log_pi, generator=g)
+    normal = torch.randn(z.shape, dtype=F64, generator=g)
+    z_s, j, sampled_sq = q.sample(z, log_pi, gumbel=gumbel, normal=normal)
+    assert torch.equal(j, (log_pi + gumbel).argmax(-1))
+    assert not torch.equal(j, log_pi.argmax(-1))  # the noise moved some picks: it was used
+    mu = q.codebook[j]
+    var = ((z - mu).pow(2).sum(-1) + 1e-3) / (2 * 0.7 * 3)
+    assert torch.allclose(z_s, mu + var.sqrt()[:, None] * normal, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(sampled_sq, var * normal.pow(2).sum(-1), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("latreg, objective", [("sampled", "albo"), ("aggregated", "albo"),
+                                               ("posterior", "albo"), ("aggregated", "bound")])
+def test_float64_input_to_a_float32_module_computes_in_float64(latreg: str, objective: str) -> None:
+    """The reference path (auto's choice for float64) casts the float32 codebook to the input's
+    dtype everywhere it meets it: the same loss and sample as a float64 copy of the module
+    (without the precision head, whose float32 Linear takes float32 input only)."""
+    from quantizers.gmvq import GMVQ
+
+    torch.manual_seed(0)
+    q = GMVQ(num_codes=8, dim=4, latreg=latreg, objective=objective, weight_head=False).train()
+    z = torch.randn(2, 4, 3, 3, dtype=F64)
+    twin = GMVQ(num_codes=8, dim=4, latreg=latreg, objective=objective, weight_head=False).double().train()
+    twin.load_state_dict(q.state_dict())
+    torch.manual_seed(1)
+    out = q(z)
+    torch.manual_seed(1)
+    ref = twin(z)
+    assert out.z_q.dtype == F64 and out.loss.dtype == F64
+    assert torch.equal(out.indices, ref.indices)
+    assert torch.allclose(out.z_q, ref.z_q, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(out.loss, ref.loss, rtol=1e-6, atol=0)
+
+
+def test_the_precision_scale_is_one_value_on_every_rank(monkeypatch) -> None:
+    """calibrate_from averages the ranks' mean nearest distance (sum over ranks / world size):
+    two ranks that saw the same data get the scale one process gets."""
+    from quantizers import distributed as Fd
+    from quantizers.gmvq import GMVQ
+
+    z = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    alone = GMVQ(num_codes=8, dim=4)
+    alone.init_codebook(z, generator=torch.Generator().manual_seed(1))
+    two = GMVQ(num_codes=8, dim=4)
+    two.embedding.data.copy_(alone.embedding.data)
+    monkeypatch.setattr(Fd, "world_size", lambda: 2)
+    monkeypatch.setattr(Fd, "all_reduce_sum_", lambda t: t.mul_(2))  # the other rank's equal value
+    two.calibrate_from(z)
+    assert float(two.precision_scale) == pytest.approx(float(alone.precision_scale), rel=1e-6)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_the_logged_terms_are_the_loss_s_parts(training: bool) -> None:
+    """terms: latreg and kl (KL(q^B‖U) of the batch's mean posterior), loss = γ (latreg + β kl)
+    (eq. 21), the mean posterior entropy and τ; under the names the runner logs."""
+    from quantizers.gmvq import GMVQ
+
+    torch.manual_seed(0)
+    q = GMVQ(num_codes=8, dim=4, gamma=0.3, beta=1.7, backend="reference").train(training)
+    out = q(torch.randn(3, 4, 2, 2))
+    assert set(out.terms) == {"latreg", "kl", "posterior_entropy", "tau"}
+    probs = out.probs.reshape(-1, 8)
+    q_batch = probs.mean(0)
+    assert torch.allclose(out.terms["kl"], (q_batch * (q_batch * 8).log()).sum(), atol=1e-6)
+    assert torch.allclose(out.terms["posterior_entropy"], Fq.entropy(probs).mean(), atol=1e-6)
+    assert torch.allclose(out.loss, 0.3 * (out.terms["latreg"] + 1.7 * out.terms["kl"]), rtol=1e-6)
+    assert float(out.terms["tau"]) == 2.0 and (float(out.terms["latreg"]) > 0) == training
+
+
+@pytest.mark.parametrize("logit_matmul, split", [("3xtf32", True), ("fp32", False), (None, False)])
+def test_logit_matmul_reaches_the_fused_backend(monkeypatch, logit_matmul, split) -> None:
+    from quantizers import kernels
+    from quantizers.gmvq import GMVQ
+
+    seen = []
+    real = kernels.posterior_sample
+    monkeypatch.setattr(kernels, "posterior_sample", lambda *a, **k: seen.append(k["split_tf32"]) or real(*a, **k))
+    GMVQ(8, 4, backend="fused", logit_matmul=logit_matmul).train()(torch.randn(2, 4, 2, 2))
+    assert seen == [split]
