@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
@@ -388,3 +389,105 @@ def test_logit_matmul_reaches_the_fused_backend(monkeypatch, logit_matmul, split
     monkeypatch.setattr(kernels, "posterior_sample", lambda *a, **k: seen.append(k["split_tf32"]) or real(*a, **k))
     GMVQ(8, 4, backend="fused", logit_matmul=logit_matmul).train()(torch.randn(2, 4, 2, 2))
     assert seen == [split]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_the_bound_objective_subtracts_beta_times_its_entropy_term(training: bool) -> None:
+    """objective="bound": loss = γ (latreg + β kl − β h_lower), h_lower logged as z_entropy_bound."""
+    from quantizers.gmvq import GMVQ
+
+    torch.manual_seed(0)
+    q = GMVQ(num_codes=8, dim=4, gamma=0.3, beta=1.7, latreg="aggregated", objective="bound",
+             backend="reference").train(training)
+    out = q(torch.randn(3, 4, 2, 2))
+    assert set(out.terms) == {"latreg", "kl", "z_entropy_bound", "posterior_entropy", "tau"}
+    h = out.terms["z_entropy_bound"]
+    assert isinstance(h, torch.Tensor) and h.numel() == 1 and float(h) != 0.0
+    expected = 0.3 * (out.terms["latreg"] + 1.7 * out.terms["kl"] - 1.7 * h)
+    assert torch.allclose(out.loss, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("latreg", ["aggregated", "posterior"])
+def test_latent_regularizer_weights_by_the_reading_it_names(latreg: str) -> None:
+    """Σ_c w_c ‖z_n − μ_c‖² averaged over n, with w = q^B for "aggregated" and π_n for "posterior"."""
+    from quantizers.gmvq import GMVQ
+
+    torch.manual_seed(0)
+    q = GMVQ(num_codes=5, dim=3, latreg=latreg, backend="reference")
+    z = torch.randn(4, 3, dtype=torch.float64)
+    probs = torch.softmax(torch.randn(4, 5, dtype=torch.float64), -1)
+    q_batch = torch.softmax(torch.randn(5, dtype=torch.float64), -1)  # not probs' mean: tells them apart
+    sq = ((z[:, None, :] - q.codebook.double()[None]) ** 2).sum(-1)  # (N, C)
+    w = q_batch[None, :].expand(4, 5) if latreg == "aggregated" else probs
+    expected = (w * sq).sum(-1).mean()
+    got = q.latent_regularizer(z, probs, q_batch, sampled_sq=torch.full((4,), 99.0, dtype=torch.float64))
+    assert torch.allclose(got, expected, rtol=1e-10)
+
+
+def test_log_posterior_uses_the_precisions_it_is_given() -> None:
+    from quantizers.gmvq import GMVQ
+
+    torch.manual_seed(0)
+    q = GMVQ(num_codes=5, dim=3, backend="reference")
+    z = torch.randn(4, 3, dtype=torch.float64)
+    w = torch.rand(4, 3, dtype=torch.float64) * 3 + 0.1  # not the head's ŵ
+    logits = -0.5 * (w[:, None, :] * (z[:, None, :] - q.codebook.double()[None]) ** 2).sum(-1)
+    assert torch.allclose(q.log_posterior(z, w), torch.log_softmax(logits, -1), rtol=1e-10)
+
+
+@pytest.mark.parametrize("training, aggregate, global_batch", [
+    (True, "global", True), (False, "global", False), (True, "local", False), (False, "local", False)])
+def test_the_aggregated_posterior_spans_ranks_only_in_training_with_aggregate_global(
+        monkeypatch, training: bool, aggregate: str, global_batch: bool) -> None:
+    """One process cannot see the all-reduce (tests/quantizers/test_distributed.py runs it on two
+    ranks); here the flag that asks for it."""
+    from quantizers import gmvq
+
+    seen = []
+    real = gmvq.Fq.aggregated_posterior
+    monkeypatch.setattr(gmvq.Fq, "aggregated_posterior", lambda p, global_batch: seen.append(global_batch)
+                        or real(p, global_batch=global_batch))
+    gmvq.GMVQ(8, 4, aggregate=aggregate).train(training)(torch.randn(2, 4, 2, 2))
+    assert seen == [global_batch]
+
+
+def test_the_defaults_are_the_paper_s_recipe_and_an_isotropic_unit_precision_start() -> None:
+    """§5.1: 1024 codes of 64 dimensions, τ 2 → 0.1; γ = 1e-2, β = 1, σ² = 0.5 (registry.yaml's
+    gmvq entry repeats them); the head starts at ŵ = softplus(b) = 1 everywhere, and the
+    data-dependent scale s at 1 until ``init_codebook`` calibrates it."""
+    from quantizers.gmvq import GMVQ
+
+    q = GMVQ()
+    assert (q.num_codes, q.dim, tuple(q.codebook.shape)) == (1024, 64, (1024, 64))
+    assert (q.gamma, q.beta, q.sigma2, q.eps, q.head_lr_scale) == (1e-2, 1.0, 0.5, 1e-8, 0.1)
+    assert (q.latreg, q.objective, q.aggregate, q.precision_init) == ("sampled", "albo", "global", "auto")
+    assert (q.tau_start, q.tau_end) == (2.0, 0.1)
+    assert float(q.precision_scale) == 1.0
+    head = q.weight_head(torch.randn(3, 64))
+    assert torch.allclose(F.softplus(head), torch.ones(3, 64), atol=1e-7)
+    assert float(GMVQ(precision_init=2.5).precision_scale) == 2.5
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"gamma": -1.0}, "gamma must be a finite number ≥ 0, got -1.0"),
+    ({"beta": -1.0}, "beta must be a finite number ≥ 0, got -1.0"),
+    ({"eps": -1.0}, "eps must be a finite number ≥ 0, got -1.0"),
+    ({"sigma2": 0.0}, "sigma2 must be a finite number > 0, got 0.0"),
+    ({"precision_init": 0.0}, "precision_init must be a finite number > 0, got 0.0"),
+    ({"head_lr_scale": 0.0}, "head_lr_scale must be a finite number > 0, got 0.0"),
+    ({"latreg": "x"}, "latreg must be one of sampled, aggregated, posterior, got 'x'"),
+    ({"objective": "x"}, "objective must be one of albo, bound, got 'x'"),
+    ({"aggregate": "x"}, "aggregate must be one of global, local, got 'x'"),
+])
+def test_each_bad_option_is_named_in_its_refusal(kwargs: dict, message: str) -> None:
+    from quantizers.gmvq import GMVQ
+
+    with pytest.raises(ValueError) as info:
+        GMVQ(8, 4, **kwargs)
+    assert str(info.value) == message
+
+
+def test_aggregate_local_is_accepted() -> None:
+    from quantizers.gmvq import GMVQ
+
+    assert GMVQ(8, 4, aggregate="local").aggregate == "local"
