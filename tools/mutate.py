@@ -13,12 +13,15 @@ test file); ``--summary`` prints the last run's results again.
 
 Prints killed / survived / timed out / no tests and the score: killed + timed out over all
 mutants ("no tests": no selected test reaches the mutated function; it counts against the
-score); with ``--show``, the diff of every survivor. Exit 0 always; the score is for a human
+score); with ``--show``, the diff of every survivor. ``--survivors`` runs only the last run's
+survivors again, against the tests as they are now (minutes instead of a whole run), and
+counts the earlier run's killed mutants as still killed (the module must not have changed). Exit 0 always; the score is for a human
 (docs/testing.md), not a gate. Needs ``pip install -e '.[mutation]'``.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -30,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 COPIED = ["quantizers", "vqbench", "tests", "registry.yaml", "sweeps", "pyproject.toml", "examples", "docs", "benchmarks"]
 # the console script, not `python -m mutmut` (mutmut warns that -m re-executes its __main__)
 MUTMUT = [shutil.which("mutmut", path=str(Path(sys.executable).parent)) or "mutmut"]
+STATUSES = "statuses.json"
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis", ".pytest_cache", "*.egg-info")
 
 
@@ -64,10 +68,18 @@ def prepare(work: Path, module: Path, tests: list[str]) -> None:
         f.write(section)
 
 
-def summarise(work: Path, env: dict, show: bool) -> None:
+def statuses(work: Path, env: dict) -> dict[str, str]:
+    """mutant name → mutmut's status, as ``mutmut results`` reports the work folder's last run."""
+    if not (work / "mutants").is_dir():
+        return {}
     out = subprocess.run([*MUTMUT, "results", "--all", "true"], cwd=work, env=env,
                          capture_output=True, text=True).stdout
-    status = dict(re.findall(r"^\s+(\S+): (.+)$", out, flags=re.M))
+    return dict(re.findall(r"^\s+(\S+): (.+)$", out, flags=re.M))
+
+
+def summarise(work: Path, env: dict, show: bool) -> None:
+    saved = work / STATUSES  # a --survivors run's merged statuses; mutmut's own know only that run
+    status = json.loads(saved.read_text()) if saved.exists() else statuses(work, env)
     counts: dict[str, int] = {}
     for s in status.values():
         counts[s] = counts.get(s, 0) + 1
@@ -92,6 +104,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="forked mutant workers (default 2)")
     parser.add_argument("--show", action="store_true", help="print every survivor's diff")
     parser.add_argument("--summary", action="store_true", help="only print the last run's results")
+    parser.add_argument("--survivors", action="store_true",
+                        help="run only the last run's survivors again (with the tests as they are now); "
+                             "the score counts the earlier run's killed mutants as killed")
     args = parser.parse_args(argv)
     module = Path(os.path.relpath(Path(args.module).resolve(), REPO))
     tests = args.tests or default_tests(module)
@@ -101,12 +116,23 @@ def main(argv: list[str] | None = None) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "VQBENCH_NO_PROGRESS": "1",
            "PYTHONPATH": ""}
     if not args.summary:
-        prepare(work, module, tests)
-        print(f"mutating {module} with {' '.join(tests)} in {work}", flush=True)
+        before: dict[str, str] = {}
+        if args.survivors:
+            saved = work / STATUSES
+            before = json.loads(saved.read_text()) if saved.exists() else statuses(work, env)
+            if not before:
+                parser.error(f"no earlier run in {work} to take the survivors of; run without --survivors first")
+        again = sorted(name for name, s in before.items() if s not in ("killed", "timeout"))
+        prepare(work, module, tests)  # the same source gives the same mutant names
+        print(f"mutating {module} with {' '.join(tests)} in {work}"
+              + (f" ({len(again)} survivors of the last run)" if args.survivors else ""), flush=True)
         log = work / "mutmut.log"  # mutmut's spinner output; its last lines say why a run stopped
         with open(log, "w") as f:
-            rc = subprocess.run([*MUTMUT, "run", "--max-children", str(args.jobs)], cwd=work, env=env,
+            rc = subprocess.run([*MUTMUT, "run", "--max-children", str(args.jobs), *again], cwd=work, env=env,
                                 stdout=f, stderr=subprocess.STDOUT).returncode
+        if args.survivors:
+            now = statuses(work, env)
+            (work / STATUSES).write_text(json.dumps({**before, **{n: now.get(n, "not checked") for n in again}}))
         tail = re.sub(r"[^\n]*\r", "", log.read_bytes().decode(errors="replace")).splitlines()[-8:]
         speed = [line for line in tail if "mutations/second" in line]
         print(speed[0] if speed and rc == 0 else f"mutmut exited {rc}; the end of {log}:\n" + "\n".join(tail))

@@ -22,9 +22,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import quantizers.kernels as kernels
 import quantizers.kernels.precision as Fp
+from quantizers import functional as Fq
 from quantizers.gmvq import GMVQ
 from tests.conftest import REPO_ROOT, import_or_skip_unless_ci, skip_unless_ci
 from vqbench import UserError, build_quantizer
@@ -387,3 +389,100 @@ def test_the_fit_check_rejects_tiles_that_do_not_fit(monkeypatch):
     monkeypatch.setitem(kernels.FORWARD, 9, ((128, 64), 8))
     forward = triton_fit.fit(90, 64, only="forward sample=1 wide=0")
     assert len(forward) == 1 and not triton_fit.fits(forward[0]), forward
+
+
+def fused_inputs(n: int = 64, codes: int = 32, dim: int = 8, seed: int = 0):
+    """(ẑ, ŵ, M) leaves that need gradients, for calls of the fused Function itself."""
+    gen = torch.Generator().manual_seed(seed)
+    z = (torch.randn(n, dim, generator=gen) * 0.5).requires_grad_()
+    w = (torch.rand(n, dim, generator=gen) + 0.5).requires_grad_()
+    book = (torch.randn(codes, dim, generator=gen) * 0.5).requires_grad_()
+    return z, w, book
+
+
+def reference_posterior(z, w, book, tau):
+    """The reference path's π and straight-through z_c, written out (eqs. 16–17, §3.3.2)."""
+    log_pi = torch.log_softmax(-0.5 * (w[:, None] * (z[:, None] - book[None]) ** 2).sum(-1), -1)
+    torch.manual_seed(7)
+    y = torch.softmax((log_pi + Fq.gumbel_noise(log_pi)) / tau, -1)
+    hard = F.one_hot(y.argmax(-1), book.shape[0]).to(y.dtype)
+    return log_pi.exp(), (hard + y - y.detach()) @ book
+
+
+def test_fused_backward_through_the_posterior_alone_equals_the_reference():
+    """A loss on π only (no gradient reaches z_c): the fused backward must take g_centre = None."""
+    z, w, book = fused_inputs()
+    target = torch.randn(64, 32, generator=torch.Generator().manual_seed(1))
+    probs, *_ = kernels.fused.posterior_sample(z, w, book, torch.tensor(1.0), True)
+    (probs * target).sum().backward()
+    fast = [t.grad.clone() for t in (z, w)]
+    assert book.grad is not None
+    fast_book = book.grad.clone()
+    for t in (z, w, book):
+        t.grad = None
+    ref_probs, _ = reference_posterior(z, w, book, 1.0)
+    (ref_probs * target).sum().backward()
+    assert all(rel(a, t.grad) <= 1e-5 for a, t in zip(fast, (z, w)))
+    assert rel(fast_book, book.grad) <= 1e-5
+
+
+def test_the_fused_sample_at_a_small_tau_equals_the_reference():
+    """τ = 0.01 spreads the tempered logits by 100×: y's softmax must be shifted row by row
+    (a shift by the batch's maximum underflows whole rows to 0/0)."""
+    z, w, book = fused_inputs(n=256)
+    upstream = torch.randn(256, 8, generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(7)
+    probs, centre, indices, _ = kernels.fused.posterior_sample(z, w, book, torch.tensor(0.01), True)
+    (centre * upstream).sum().backward()
+    fast = [t.grad.clone() for t in (z, w, book)]
+    for t in (z, w, book):
+        t.grad = None
+    _, ref_centre = reference_posterior(z, w, book, 0.01)
+    (ref_centre * upstream).sum().backward()
+    assert torch.isfinite(fast[0]).all()
+    assert rel(centre, ref_centre) <= 1e-6  # the same codes: (one-hot + y − y)·M rounds at 1e-7
+    assert all(rel(a, t.grad) <= 1e-4 for a, t in zip(fast, (z, w, book)))
+
+
+def test_the_entropy_output_is_not_differentiable():
+    z, w, book = fused_inputs()
+    probs, centre, indices, entropy = kernels.fused.posterior_sample(z, w, book, torch.tensor(1.0), True)
+    assert probs.requires_grad and centre.requires_grad
+    assert not entropy.requires_grad and not indices.requires_grad
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_split_tf32_is_off_by_default_and_reaches_the_logits_and_their_input_gradient(monkeypatch, split):
+    calls = []
+    real = Fp.matmul_3xtf32
+
+    def spy(x, y):
+        calls.append(tuple(x.shape))
+        return real(x, y)
+    monkeypatch.setattr(kernels.fused, "matmul_3xtf32", spy)
+    monkeypatch.setattr(Fp, "matmul_3xtf32", spy)
+    z, w, book = fused_inputs()
+    extra = {"split_tf32": True} if split else {}  # the default: one fp32 product
+    probs, centre, *_ = kernels.fused.posterior_sample(z, w, book, torch.tensor(1.0), True, **extra)
+    (probs.sum() + centre.pow(2).sum()).backward()
+    # forward: the logits a·bᵀ (N, 2L); backward: ∂a = g·b (N, C)
+    assert calls == ([(64, 16), (64, 32)] if split else [])
+
+
+def test_bf16_grad_dtype_rounds_the_backward_s_straight_through_and_codebook_products(monkeypatch):
+    """grad_dtype=bf16: ∂L/∂y = (∂L/∂z_c)Mᵀ and ∂b take bf16 operands, so ∂ẑ moves (it comes
+    from ∂L/∂y through ∂a, which stays fp32) and the ∂b product is asked for in bf16."""
+    seen = []
+    real = kernels.fused.logit_input_grads
+    monkeypatch.setattr(kernels.fused, "logit_input_grads",
+                        lambda *a: seen.append(a[-1]) or real(*a))
+    upstream = torch.randn(64, 8, generator=torch.Generator().manual_seed(3))
+    grads = []
+    for grad_dtype in (None, torch.bfloat16):
+        z, w, book = fused_inputs()
+        torch.manual_seed(7)
+        _, centre, *_ = kernels.fused.posterior_sample(z, w, book, torch.tensor(1.0), True, grad_dtype=grad_dtype)
+        (centre * upstream).sum().backward()
+        grads.append(z.grad)
+    assert seen == [None, torch.bfloat16]
+    assert 1e-5 < rel(grads[1], grads[0]) <= 2e-2
