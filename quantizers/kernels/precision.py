@@ -28,9 +28,14 @@ def matmul_3xtf32(x: Tensor, y: Tensor) -> Tensor:
     TF32 matmuls on (``torch.set_float32_matmul_precision("high")``) each product runs on
     tensor cores exactly, so the sum keeps ≈ fp32 accuracy where one TF32 product would not
     (benchmarks/logit_precision.py); without TF32 it is plain fp32 arithmetic."""
-    x_hi, y_hi = round_mantissa(x, 10), round_mantissa(y, 10)
-    x_lo, y_lo = round_mantissa(x - x_hi, 10), round_mantissa(y - y_hi, 10)
+    (x_hi, x_lo), (y_hi, y_lo) = tf32_split(x), tf32_split(y)
     return x_hi @ y_hi + (x_hi @ y_lo + x_lo @ y_hi)
+
+
+def tf32_split(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(hi, lo), both TF32-exact (10-bit mantissas), with hi + lo = x to ≈ 2⁻²¹ relative."""
+    hi = round_mantissa(x, 10)
+    return hi, round_mantissa(x - hi, 10)
 
 
 def backward_dtype(bf16_backward: bool, device_type: str) -> torch.dtype | None:

@@ -312,8 +312,7 @@ def test_3xtf32_split_is_fp32_accurate_and_one_tf32_product_is_not():
         w = fast.precision_weights(z)
         a, b = torch.cat([w * z, w], -1), torch.cat([fast.codebook, -0.5 * fast.codebook**2], -1)
         ref = a.double() @ b.double().t()
-        parts = [Fp.round_mantissa(t, 10) for t in (a, b)]
-        lows = [Fp.round_mantissa(t - p, 10) for t, p in zip((a, b), parts)]
+        parts, lows = zip(*(Fp.tf32_split(t) for t in (a, b)))
         split = parts[0].double() @ parts[1].double().t() + parts[0].double() @ lows[1].double().t() \
             + lows[0].double() @ parts[1].double().t()
         one = parts[0].double() @ parts[1].double().t()
@@ -486,3 +485,33 @@ def test_bf16_grad_dtype_rounds_the_backward_s_straight_through_and_codebook_pro
         grads.append(z.grad)
     assert seen == [None, torch.bfloat16]
     assert 1e-5 < rel(grads[1], grads[0]) <= 2e-2
+
+
+def test_the_tf32_split_has_ten_bit_parts_that_sum_to_the_input():
+    x = torch.randn(4096, generator=torch.Generator().manual_seed(0)) * 10
+    hi, lo = Fp.tf32_split(x)
+    assert torch.equal(Fp.round_mantissa(hi, 10), hi) and torch.equal(Fp.round_mantissa(lo, 10), lo)
+    assert float(((hi + lo - x).abs() / x.abs()).max()) <= 2.0**-21
+    assert float(((hi - x).abs() / x.abs()).max()) > 2.0**-12  # hi alone is only TF32-accurate
+
+
+@pytest.mark.parametrize("needs", [(True, False), (False, True), (True, True)])
+def test_logit_input_grads_returns_only_what_is_needed(needs):
+    gen = torch.Generator().manual_seed(0)
+    g, a, b = torch.randn(6, 5, generator=gen), torch.randn(6, 4, generator=gen), torch.randn(5, 4, generator=gen)
+    g_a, g_b = Fp.logit_input_grads(g, a, b, needs, split=False, grad_dtype=None)
+    assert (g_a is None) == (not needs[0]) and (g_b is None) == (not needs[1])
+    if needs[0]:
+        assert torch.allclose(g_a, g @ b)
+    if needs[1]:
+        assert torch.allclose(g_b, g.t() @ a)
+
+
+def test_logit_input_grads_takes_bf16_operands_for_db_only_and_returns_fp32():
+    gen = torch.Generator().manual_seed(0)
+    g, a, b = torch.randn(64, 32, generator=gen), torch.randn(64, 16, generator=gen), torch.randn(32, 16, generator=gen)
+    g_a, g_b = Fp.logit_input_grads(g, a, b, (True, True), split=False, grad_dtype=torch.bfloat16)
+    assert g_a.dtype == g_b.dtype == torch.float32
+    assert torch.equal(g_a, g @ b)  # ∂a stays fp32
+    assert torch.equal(g_b, (g.bfloat16().t() @ a.bfloat16()).float())
+    assert not torch.equal(g_b, g.t() @ a)
