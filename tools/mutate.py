@@ -15,8 +15,9 @@ Prints killed / survived / timed out / no tests and the score: killed + timed ou
 mutants ("no tests": no selected test reaches the mutated function; it counts against the
 score); with ``--show``, the diff of every survivor. ``--survivors`` runs only the last run's
 survivors again, against the tests as they are now (minutes instead of a whole run), and
-counts the earlier run's killed mutants as still killed (the module must not have changed). Exit 0 always; the score is for a human
-(docs/testing.md), not a gate. Needs ``pip install -e '.[mutation]'``.
+counts the earlier run's killed mutants as still killed; it refuses a module that changed since
+(its mutants would be other ones). Exit 0 always; the score is for a human (docs/testing.md),
+not a gate. Needs ``pip install -e '.[mutation]'``.
 """
 from __future__ import annotations
 
@@ -77,9 +78,15 @@ def statuses(work: Path, env: dict) -> dict[str, str]:
     return dict(re.findall(r"^\s+(\S+): (.+)$", out, flags=re.M))
 
 
+def last_statuses(work: Path, env: dict) -> dict[str, str]:
+    """The last run's statuses: a --survivors run's merged ones (mutmut's own know only the
+    mutants that run took), else mutmut's."""
+    saved = work / STATUSES
+    return json.loads(saved.read_text()) if saved.exists() else statuses(work, env)
+
+
 def summarise(work: Path, env: dict, show: bool) -> None:
-    saved = work / STATUSES  # a --survivors run's merged statuses; mutmut's own know only that run
-    status = json.loads(saved.read_text()) if saved.exists() else statuses(work, env)
+    status = last_statuses(work, env)
     counts: dict[str, int] = {}
     for s in status.values():
         counts[s] = counts.get(s, 0) + 1
@@ -118,11 +125,17 @@ def main(argv: list[str] | None = None) -> None:
     if not args.summary:
         before: dict[str, str] = {}
         if args.survivors:
-            saved = work / STATUSES
-            before = json.loads(saved.read_text()) if saved.exists() else statuses(work, env)
+            before = last_statuses(work, env)
             if not before:
                 parser.error(f"no earlier run in {work} to take the survivors of; run without --survivors first")
+            if (work / module).read_bytes() != (REPO / module).read_bytes():
+                parser.error(f"{module} changed since the run in {work}; its mutants are other ones, "
+                             "so run without --survivors")
         again = sorted(name for name, s in before.items() if s not in ("killed", "timeout"))
+        if args.survivors and not again:  # `mutmut run` without names would run every mutant
+            print(f"the last run of {module} left no survivors")
+            summarise(work, env, args.show)
+            return
         prepare(work, module, tests)  # the same source gives the same mutant names
         print(f"mutating {module} with {' '.join(tests)} in {work}"
               + (f" ({len(again)} survivors of the last run)" if args.survivors else ""), flush=True)

@@ -202,12 +202,10 @@ def test_a_cpu_run_asks_for_deterministic_kernels(tmp_path):
 
 def test_finiteness_is_checked_every_ten_steps_and_at_the_end(tmp_path, monkeypatch):
     checked = []
-    trainer = tiny_trainer(tmp_path, "train.epochs=1", "data.limit=208", "train.checkpoint_every=null")
-    trainer.setup_optimization()
-    real = type(trainer.stepper).check_finite
-    monkeypatch.setattr(type(trainer.stepper), "check_finite",
+    real = TrainStep.check_finite
+    monkeypatch.setattr(TrainStep, "check_finite",
                         lambda self, window: (checked.append([s for s, _, _ in window]), real(self, window)))
-    trainer.setup_optimization = lambda: None
+    trainer = tiny_trainer(tmp_path, "train.epochs=1", "data.limit=208", "train.checkpoint_every=null")
     trainer.fit()  # 13 steps: the window at step 10 and at the last, then the epoch end's (empty)
     assert trainer_module.CHECK_EVERY == 10
     assert checked == [list(range(1, 11)), [11, 12, 13], []]
