@@ -113,6 +113,44 @@ def test_the_triton_backend_is_refused_off_cuda_before_any_run(monkeypatch):
     GMVQ(16, 8).check_device(torch.device("cpu"))
 
 
+def test_the_triton_device_check_reads_the_device_type_and_the_interpreter_switch(monkeypatch):
+    """check_device's whole rule: triton runs on a CUDA device, or anywhere under
+    TRITON_INTERPRET=1 exactly; the refusal is one line naming both ways out."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError) as info:
+        kernels.check_device("triton", torch.device("cpu"))
+    assert str(info.value) == ("backend='triton' needs a CUDA device, but this run is on cpu; use backend='fused' "
+                               "(or TRITON_INTERPRET=1 to run the kernels in Triton's interpreter)")
+    kernels.check_device("triton", torch.device("cuda"))  # the type alone decides; no GPU is touched
+    kernels.check_device("triton", torch.device("cuda", 1))
+    for backend in ("fused", "reference", "auto"):
+        kernels.check_device(backend, torch.device("cpu"))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        kernels.check_device("triton", torch.device("cpu"))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    kernels.check_device("triton", torch.device("cpu"))
+
+
+def test_the_triton_dim_refusal_is_one_line_that_names_the_way_out():
+    with pytest.raises(ValueError) as info:
+        kernels.check_options("triton", 12, logit_matmul=None, bf16_backward=None)
+    assert str(info.value) == "backend='triton' needs dim in 8, 16, 32, 64, got 12; use backend='fused'"
+    for dim in kernels.TRITON_DIMS:
+        kernels.check_options("triton", dim, logit_matmul=None, bf16_backward=None)
+
+
+def test_the_dispatch_defaults_to_the_fused_kernel_in_plain_fp32_and_passes_its_options_on(monkeypatch):
+    calls = []
+    real = kernels.fused.posterior_sample
+    monkeypatch.setattr(kernels.fused, "posterior_sample", lambda *a, **k: calls.append(k) or real(*a, **k))
+    z = torch.randn(4, 8)
+    args = (z, torch.ones_like(z), torch.randn(16, 8), torch.tensor(1.0), True)
+    out = kernels.posterior_sample(*args)
+    assert calls == [{"grad_dtype": None, "split_tf32": False}] and len(out) == 4
+    kernels.posterior_sample(*args, backend="fused", grad_dtype=torch.bfloat16, split_tf32=True)
+    assert calls[1] == {"grad_dtype": torch.bfloat16, "split_tf32": True}
+
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     """‖a − b‖ / ‖b‖ in float64 (0 when both are 0)."""
     a, b = a.detach().double(), b.detach().double()
