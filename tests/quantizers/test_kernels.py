@@ -551,3 +551,24 @@ def test_logit_input_grads_takes_bf16_operands_for_db_only_and_returns_fp32():
     assert torch.equal(g_a, g @ b)  # ∂a stays fp32
     assert torch.equal(g_b, (g.bfloat16().t() @ a.bfloat16()).float())
     assert not torch.equal(g_b, g.t() @ a)
+
+
+@pytest.mark.parametrize("sample", [True, False])
+def test_a_frozen_codebook_gets_no_gradient_and_costs_no_codebook_product(monkeypatch, sample):
+    """A codebook that needs no gradient (frozen, or EMA-updated) gets None from the backward
+    and no N×L scatter is spent on it; ẑ's and ŵ's gradients are those of the trainable case."""
+    calls = []
+    real = kernels.fused.codebook_grad
+    monkeypatch.setattr(kernels.fused, "codebook_grad", lambda *a: calls.append(1) or real(*a))
+    grads = []
+    for trainable in (True, False):
+        z, w, book = fused_inputs()
+        book.requires_grad_(trainable)
+        torch.manual_seed(7)
+        probs, centre, _, _ = kernels.fused.posterior_sample(z, w, book, torch.tensor(1.0), sample)
+        (centre.square().sum() + probs[:, 0].sum()).backward()
+        assert (book.grad is not None) == trainable
+        grads.append((z.grad, w.grad))
+    assert calls == [1]  # the trainable codebook's only
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
