@@ -29,23 +29,6 @@ def tiny_trainer(tmp_path, *extra: str, name: str = "vqvae", log=None, **kwargs)
     return Trainer(cfg, log=log or (lambda line: None), **kwargs)
 
 
-@pytest.fixture
-def steps(monkeypatch) -> list[dict]:
-    """Every optimiser step the loop takes, in order: the batch indices, step number, loss, mse."""
-    seen: list[dict] = []
-    real_batch, real_call = TrainStep.batch, TrainStep.__call__
-
-    def batch(self, indices):
-        seen.append({"indices": indices.clone()})
-        return real_batch(self, indices)
-
-    def call(self, x, number):
-        result = real_call(self, x, number)
-        seen[-1].update(step=number, loss=float(result[0]), mse=float(result[1]))
-        return result
-    monkeypatch.setattr(TrainStep, "batch", batch)
-    monkeypatch.setattr(TrainStep, "__call__", call)
-    return seen
 
 
 def test_every_epoch_visits_each_training_image_once_in_a_new_order(tmp_path, steps):

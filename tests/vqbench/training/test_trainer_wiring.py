@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.vqbench.training.test_trainer_loop import Stop, steps, tiny_trainer  # noqa: F401 (steps: a fixture)
+from tests.vqbench.training.test_trainer_loop import Stop, tiny_trainer
 from vqbench import UserError
 from vqbench.training import Trainer
 from vqbench.training import trainer as trainer_module
