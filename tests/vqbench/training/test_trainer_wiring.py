@@ -14,6 +14,7 @@ import torch
 
 from tests.vqbench.training.test_trainer_loop import Stop, tiny_trainer
 from vqbench import UserError
+from vqbench.rows import load_results
 from vqbench.training import Trainer
 from vqbench.training import trainer as trainer_module
 from vqbench.training.step import DivergenceError, TrainStep
@@ -206,3 +207,19 @@ def test_no_mid_epoch_checkpoint_where_an_epoch_end_one_follows(tmp_path, monkey
     monkeypatch.setattr(Trainer, "write_checkpoint", spy)
     tiny_trainer(tmp_path, "train.epochs=2", *extra).fit()
     assert written == expected
+
+
+def test_a_named_checkpoint_that_does_not_fit_is_one_line_naming_the_file(tmp_path):
+    done = tiny_trainer(tmp_path / "a", "train.epochs=1").fit()
+    state = torch.load(done.run_dir / "checkpoint.pt", weights_only=True)
+    del state["model"][next(iter(state["model"]))]
+    damaged = tmp_path / "damaged.pt"
+    torch.save(state, damaged)
+    with pytest.raises(UserError, match=f"^checkpoint {damaged} does not fit this run"):
+        tiny_trainer(tmp_path / "b", "train.epochs=1").load_checkpoint(damaged)
+
+
+def test_the_result_row_keeps_the_run_s_curves(tmp_path):
+    result = tiny_trainer(tmp_path, "train.epochs=2", f"results={tmp_path / 'results'}").fit()
+    (row,) = load_results(tmp_path / "results").to_dict("records")
+    assert json.loads(row["history"]) == result.history
