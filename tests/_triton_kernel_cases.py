@@ -112,3 +112,26 @@ def test_gmvq_kernel_option_trains_through_the_kernels():
     assert torch.allclose(outs[0].probs, outs[1].probs, rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="backend must be one of auto, reference, fused, triton"):
         GMVQ(C, L, backend="cuda")
+
+
+def test_a_frozen_codebook_gets_no_gradient_and_the_options_reach_the_logit_gradients(monkeypatch):
+    """As the fused path: no ∂M for a codebook that needs none; 3xTF32 off unless asked and
+    ``grad_dtype`` / ``split_tf32`` passed to the ∂a, ∂b products."""
+    import quantizers.kernels.triton as kernels
+
+    seen = []
+    real = kernels.logit_input_grads
+    monkeypatch.setattr(kernels, "logit_input_grads", lambda g, a, b, needs, split, dtype: (
+        seen.append((tuple(needs), split, dtype)), real(g, a, b, needs, split, dtype))[1])
+    z, weights, codebook = leaves(*inputs())
+    codebook.requires_grad_(False)
+    probs, centre, _, _ = posterior_sample(z, weights, codebook, torch.tensor(0.7), True,
+                                           seed=torch.tensor(5, dtype=torch.int64))
+    (centre.square().sum() + probs[:, 0].sum()).backward()
+    assert codebook.grad is None and torch.isfinite(z.grad).all()
+    z, weights, codebook = leaves(*inputs())
+    probs, centre, _, _ = posterior_sample(z, weights, codebook, torch.tensor(0.7), True,
+                                           seed=torch.tensor(5, dtype=torch.int64), grad_dtype=torch.bfloat16,
+                                           split_tf32=True)
+    (centre.square().sum()).backward()
+    assert seen == [((True, False), False, None), ((True, True), True, torch.bfloat16)]  # b = [M, −½M²]: frozen too
