@@ -36,7 +36,7 @@ def seconds_per_step(quantizer: str, dataset: str, model: str, size: int, repeat
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    step()  # warm-up: allocations, k-means-free first call
+    step()  # warm-up: the first call pays for allocations
     start = time.perf_counter()
     for _ in range(repeats):
         step()

@@ -86,9 +86,15 @@ class Bar:
         self.closed = True
 
 
-def test_the_progress_bar_counts_every_step_once_and_shows_the_epoch_and_loss(tmp_path, monkeypatch):
-    bars = []
+def recorded_bars(monkeypatch) -> list[Bar]:
+    """The trainer's progress bars from now on, as :class:`Bar` recorders."""
+    bars: list[Bar] = []
     monkeypatch.setattr(trainer_module, "progress_bar", lambda total, desc: bars.append(Bar(total, desc)) or bars[-1])
+    return bars
+
+
+def test_the_progress_bar_counts_every_step_once_and_shows_the_epoch_and_loss(tmp_path, monkeypatch):
+    bars = recorded_bars(monkeypatch)
     monkeypatch.setattr(trainer_module, "CHECK_EVERY", 2)
     trainer = tiny_trainer(tmp_path, "train.epochs=2")
     trainer.fit()
@@ -110,8 +116,7 @@ def test_the_bar_of_a_resumed_run_starts_at_the_restored_step(tmp_path, monkeypa
     with pytest.raises(Stop):
         tiny_trainer(tmp_path, "train.epochs=2").fit()
     monkeypatch.setattr(Trainer, "write_checkpoint", real)
-    bars, lines = [], []
-    monkeypatch.setattr(trainer_module, "progress_bar", lambda total, desc: bars.append(Bar(total, desc)) or bars[-1])
+    bars, lines = recorded_bars(monkeypatch), []
     result = tiny_trainer(tmp_path, "train.epochs=2", log=lines.append).fit()
     assert bars[0].updates == [3, 1, 1, 1]
     name = result.run_dir.name
