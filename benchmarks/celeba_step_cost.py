@@ -17,6 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from vqbench import UserError
 from vqbench.config import resolve_config
 from vqbench.training.setup import build_model
 
@@ -55,4 +56,8 @@ def main(quantizers: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["vqvae", "gmvq"])
+    try:
+        main(sys.argv[1:] or ["vqvae", "gmvq"])
+    except UserError as exc:  # an unknown quantizer name: one line, exit 2
+        print(f"celeba_step_cost: {exc}", file=sys.stderr)
+        sys.exit(2)
