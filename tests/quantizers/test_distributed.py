@@ -35,12 +35,16 @@ def _rank(rank: int, port: int, results) -> None:
                                                   torch.zeros(1)).tolist()
         out["computed_on"] = calls
         results.put((rank, out))
-        # Both ranks done before either tears down: a rank that destroys its group while the
-        # other's gloo pair is still open can abort the other ("terminate called without an
-        # active exception", SIGABRT at exit, seen once in CI on 2 loaded cores).
-        dist.barrier()
+        dist.barrier()  # both ranks done before either tears down
     finally:
         dist.destroy_process_group()
+    # The answers are delivered (the queue's feeder flushed); skip the interpreter's teardown,
+    # where a gloo thread sometimes aborts the process ("terminate called without an active
+    # exception", SIGABRT after destroy_process_group; 2 of 3 clean-clone CI runs on 2 loaded
+    # cores, with or without the barrier). The helpers under test are done by then.
+    results.close()
+    results.join_thread()
+    os._exit(0)
 
 
 def _free_port() -> int:
