@@ -1,9 +1,12 @@
 """quantizers/distributed.py with real collectives: two gloo ranks in two processes, every
-helper against its known answer; and without a process group, every helper is the identity."""
+helper against its known answer; the same answers from two ranks in two threads of this
+process (torch's own threaded process group, which mutation testing can run: mutmut cannot
+follow a child process); and without a process group, every helper is the identity."""
 from __future__ import annotations
 
 import os
 import socket
+import threading
 
 import torch
 import torch.distributed as dist
@@ -12,29 +15,56 @@ import torch.multiprocessing as mp
 from quantizers import distributed as Fd
 
 
+@torch.no_grad()
+def _module_of_rank(rank: int) -> torch.nn.Module:
+    """A different module on each rank, its values from the rank alone (not the global RNG,
+    which two threads would share)."""
+    module = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    for i, tensor in enumerate([*module.parameters(), *module.buffers()]):
+        tensor.copy_(torch.arange(tensor.numel()).reshape(tensor.shape) + 10 * rank + i + 1)
+    return module
+
+
+def _exercise(rank: int) -> dict:
+    """Every helper on this rank of an initialised two-rank group; the answers to check."""
+    out = {"is_distributed": Fd.is_distributed(), "world_size": Fd.world_size()}
+    out["sum"] = Fd.all_reduce_sum_(torch.tensor([rank + 1.0, 10.0])).tolist()
+    out["max"] = Fd.all_reduce_max_(torch.tensor([rank + 1.0, 5.0 - rank])).tolist()  # sum: [3, 9]
+    x = torch.tensor(rank + 1.0, requires_grad=True)
+    y = Fd.all_reduce_sum_autograd(x)
+    (y * (rank + 1)).backward()  # rank r's loss: (r + 1) * Σ x
+    out["autograd"] = (float(y), float(x.grad))
+    out["broadcast"] = Fd.broadcast_(torch.tensor([rank * 7.0])).tolist()
+    module = _module_of_rank(rank)
+    Fd.broadcast_module_(module)
+    out["module"] = [t.tolist() for t in (*module.parameters(), *module.buffers())]
+    calls = []
+    out["rank0"] = Fd.on_rank0_then_broadcast(lambda: calls.append(rank) or torch.tensor([rank + 5.0]),
+                                              torch.zeros(1)).tolist()
+    out["computed_on"] = calls
+    return out
+
+
+def _check(got: dict) -> None:
+    rank0 = _module_of_rank(0)
+    expected_module = [t.tolist() for t in (*rank0.parameters(), *rank0.buffers())]
+    for rank in (0, 1):
+        out = got[rank]
+        assert out["is_distributed"] and out["world_size"] == 2
+        assert out["sum"] == [3.0, 20.0] and out["max"] == [2.0, 5.0]
+        assert out["autograd"] == (3.0, 3.0)  # x.grad = the sum of the ranks' output gradients, 1 + 2
+        assert out["broadcast"] == [0.0]
+        assert out["module"] == expected_module
+        assert out["rank0"] == [5.0]
+    assert got[0]["computed_on"] == [0] and got[1]["computed_on"] == []  # decided once, on rank 0
+
+
 def _rank(rank: int, port: int, results) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        out = {"is_distributed": Fd.is_distributed(), "world_size": Fd.world_size()}
-        out["sum"] = Fd.all_reduce_sum_(torch.tensor([rank + 1.0, 10.0])).tolist()
-        out["max"] = Fd.all_reduce_max_(torch.tensor([float(rank), 1.0 - rank])).tolist()
-        x = torch.tensor(rank + 1.0, requires_grad=True)
-        y = Fd.all_reduce_sum_autograd(x)
-        (y * (rank + 1)).backward()  # rank r's loss: (r + 1) * Σ x
-        out["autograd"] = (float(y), float(x.grad))
-        out["broadcast"] = Fd.broadcast_(torch.tensor([rank * 7.0])).tolist()
-        torch.manual_seed(rank)  # a different module on each rank
-        module = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
-        module[1].running_mean.fill_(rank + 3.0)
-        Fd.broadcast_module_(module)
-        out["module"] = [t.tolist() for t in (*module.parameters(), *module.buffers())]
-        calls = []
-        out["rank0"] = Fd.on_rank0_then_broadcast(lambda: calls.append(rank) or torch.tensor([rank + 5.0]),
-                                                  torch.zeros(1)).tolist()
-        out["computed_on"] = calls
-        results.put((rank, out))
+        results.put((rank, _exercise(rank)))
         dist.barrier()  # both ranks done before either tears down
     finally:
         dist.destroy_process_group()
@@ -64,19 +94,52 @@ def test_two_gloo_ranks_get_the_known_answers():
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
-    torch.manual_seed(0)
-    rank0 = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
-    rank0[1].running_mean.fill_(3.0)
-    expected_module = [t.tolist() for t in (*rank0.parameters(), *rank0.buffers())]
-    for rank in (0, 1):
-        out = got[rank]
-        assert out["is_distributed"] and out["world_size"] == 2
-        assert out["sum"] == [3.0, 20.0] and out["max"] == [1.0, 1.0]
-        assert out["autograd"] == (3.0, 3.0)  # x.grad = the sum of the ranks' output gradients, 1 + 2
-        assert out["broadcast"] == [0.0]
-        assert out["module"] == expected_module
-        assert out["rank0"] == [5.0]
-    assert got[0]["computed_on"] == [0] and got[1]["computed_on"] == []  # decided once, on rank 0
+    _check(got)
+
+
+def _threaded_ranks(world: int, body) -> dict:
+    """``body(rank)`` on ``world`` ranks in threads of this process, under torch's test-only
+    threaded backend (a ProcessLocalGroup per thread, real reductions between them)."""
+    from torch.testing._internal.distributed import multi_threaded_pg
+    import torch.distributed.nn.functional  # noqa: F401 -- imported before the threads: its
+    # default `group=group.WORLD` is bound at import, and inside a thread it would bind that
+    # thread's group for every rank
+
+    c10d = torch._C._distributed_c10d
+    c10d._set_thread_isolation_mode(True)
+    multi_threaded_pg._install_threaded_pg()
+    store, got, errors = dist.HashStore(), {}, []
+
+    def rank_thread(rank: int) -> None:
+        try:
+            dist.init_process_group("threaded", rank=rank, world_size=world, store=store)
+            got[rank] = body(rank)
+            dist.destroy_process_group()
+        except BaseException as exc:  # noqa: BLE001 -- reported by the test thread below
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=rank_thread, args=(r,), daemon=True) for r in range(world)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        multi_threaded_pg._uninstall_threaded_pg()
+        c10d._set_thread_isolation_mode(False)
+    assert not errors, errors
+    assert not any(t.is_alive() for t in threads), "a threaded rank hung"
+    assert not dist.is_initialized()
+    return got
+
+
+def test_two_threaded_ranks_get_the_known_answers():
+    _check(_threaded_ranks(2, _exercise))
+
+
+def test_a_group_of_one_rank_is_not_distributed():
+    got = _threaded_ranks(1, lambda rank: (Fd.is_distributed(), Fd.world_size()))
+    assert got == {0: (False, 1)}
 
 
 def test_without_a_process_group_every_helper_is_the_identity():
