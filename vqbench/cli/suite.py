@@ -19,8 +19,12 @@ def handle(args) -> int:
 
     if not args.name:
         for name, spec in list_suites().items():
-            print(f"{name:<24} {len(spec.get('quantizers', []))} runs  {spec.get('description', '')}")
+            runs = len(spec.get("quantizers", [])) * len(spec.get("seeds", [0]))
+            print(f"{name:<24} {runs} runs  {spec.get('description', '')}")
         return 0
+    if args.only:  # `--only a b results=DIR`: argparse hands the KEY=VALUE words to --only
+        args.overrides = [*args.overrides, *(w for w in args.only if "=" in w)]
+        args.only = [w for w in args.only if "=" not in w] or None
     if args.dry_run:
         plan = plan_suite(args.name, args.overrides, args.seeds, args.only)
         done = finished_hashes(plan[0].config.results) if plan[0].config.get("results") else set()

@@ -2,6 +2,8 @@
 folders feed the plots); a suite's mistakes are one line."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 import vqbench.training as runner
@@ -102,3 +104,18 @@ def test_a_suite_s_tuned_values_apply_to_their_quantizer_only(tiny_suite, monkey
     suites["tiny-bad"] = {**suites[tiny_suite], "tuned": {"gmvqq": ["quantizer.gamma=0.003"]}}
     with pytest.raises(UserError, match="suite 'tiny-bad': tuned must map the suite's quantizers to KEY=VALUE lists, got 'gmvqq'"):
         plan_suite("tiny-bad")
+
+
+def test_suite_listing_counts_seeds_and_only_leaves_overrides_to_the_recipe(tiny_suite, capsys, monkeypatch):
+    from vqbench.cli import main
+
+    registry_document()["suites"][tiny_suite]["seeds"] = [0, 1]
+    assert main(["suite"]) == 0
+    assert f"{tiny_suite:<24} 6 runs" in capsys.readouterr().out  # 3 quantizers x 2 seeds
+    seen = {}
+    planned = SimpleNamespace(config={}, quantizer="gmvq", seed=0, config_hash="0123456789ab")
+    monkeypatch.setattr("vqbench.results.plan_suite",
+                        lambda name, overrides, seeds, only: seen.update(overrides=overrides, only=only) or [planned])
+    assert main(["suite", tiny_suite, "--dry-run", "--only", "gmvq", "results=R", "out=O"]) == 0
+    assert seen == {"overrides": ["results=R", "out=O"], "only": ["gmvq"]}
+    assert "todo  gmvq" in capsys.readouterr().out
