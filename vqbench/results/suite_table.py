@@ -31,7 +31,12 @@ def build_suite_table(results: pd.DataFrame, suite: str, metrics: tuple[str, ...
     and with ``versus`` each one's difference from that quantizer, marked when within noise."""
     metrics = check_metrics(metrics)
     spec = suite_spec(suite)
-    plan = plan_suite(suite, seeds=sorted({*spec.get("seeds", [0]), *results_seeds(results)}))
+    own_seeds = set(spec.get("seeds", [0]))
+    plan = plan_suite(suite, seeds=sorted(own_seeds | results_seeds(results)))
+    # A seed outside the suite's list counts as planned only where a row was run with it
+    # (``vqbench suite --seeds``); other suites' seeds in the same rows are not this one's plan.
+    ran = set(results["config_hash"]) if "config_hash" in results else set()
+    plan = [run for run in plan if run.seed in own_seeds or run.config_hash in ran]
     names = list(dict.fromkeys(run.quantizer for run in plan))
     check_versus(versus, names)
     rows = results[results["config_hash"].isin({run.config_hash for run in plan})]

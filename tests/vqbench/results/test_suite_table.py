@@ -19,6 +19,8 @@ def _store(tmp_path, mses: dict[str, list[float]]) -> None:
 
 def test_suite_table_rows_seeds_and_noise_marks(tmp_path):
     _store(tmp_path, {"gmvq": [0.020, 0.021, 0.022], "fsq": [0.010, 0.011, 0.012], "lfq": [0.0205, 0.0215, 0.0200]})
+    other = plan_suite("table1-cifar10-short", quantizers=["vqvae"], seeds=[5])[0]  # another suite's seed
+    append_row(tmp_path, other.config, fake_summary(other.config, mse=0.03, epochs=1, steps=150, train=12500))
     results = load_results(tmp_path)
     table = build_table(results, suite=SUITE, metrics=("mse", "codes_used"), versus="gmvq")
     frame = table.frame.set_index("quantizer")
@@ -27,7 +29,8 @@ def test_suite_table_rows_seeds_and_noise_marks(tmp_path):
     assert frame.loc["fsq", "MSE vs gmvq"].startswith("-10.00 (p=")  # far apart: significant, no ≈
     assert frame.loc["lfq", "MSE vs gmvq"].startswith("-0.33 ≈ (p=")  # inside the spread: within noise
     assert frame.loc["gmvq", "MSE vs gmvq"] == "" and frame.loc["simvq", "MSE"] == "no run"
-    assert "3 finished runs" not in table.title() and "9 finished runs" in table.title()
+    # the suite's 11 at seed 0 and the 6 runs made with --seeds 1 2; seed 5 belongs to another suite
+    assert "9 finished runs of 17 planned" in table.title()
     md = to_markdown(table)
     assert md.splitlines()[0].startswith(f"> Suite {SUITE}:") and "| fsq | 11.00 ±1.00 (n=3) |" in md
 
