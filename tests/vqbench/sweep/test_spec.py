@@ -24,6 +24,14 @@ def test_shipped_sweeps_load_and_resolve():
         assert spec.sampler["name"] == "grid" and spec.n_trials == 5
         assert (cfg.data.validation, cfg.train.epochs, cfg.train.batch_size) == (0.1, 4, 256)
     assert load_sweep("gamma-cifar10-cpu").base_config().quantizer.beta == 1.0
+    # the precision ablation's "auto" point is gamma-cifar10-cpu's trial at 1e-4: the same run
+    # but for precision_init, so only the paper-literal value is trained
+    precision = load_sweep("precision-cifar10-cpu")
+    literal = precision.run_config({"quantizer.precision_init": 1.0})
+    auto_point = load_sweep("gamma-cifar10-cpu").run_config({"quantizer.gamma": 0.0001})
+    assert (literal.quantizer.precision_init, auto_point.quantizer.precision_init) == (1.0, "auto")
+    literal.quantizer.precision_init = "auto"
+    assert literal == auto_point
 
 
 @pytest.mark.parametrize("text, message", [
