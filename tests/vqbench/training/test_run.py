@@ -45,3 +45,53 @@ def test_every_method_trains_through_the_runner(tmp_path, name):
     cfg = resolve_config(name, "cifar10-tiny", None, fast_overrides(tmp_path, steps=4))
     s = fit(cfg, log=lambda line: None).summary
     assert all(math.isfinite(s[k]) for k in ("mse", "perplexity", "code_perplexity"))
+
+
+class _RecordingTrainer:
+    """Stands in for Trainer: records what ``fit`` hands it, trains nothing."""
+    seen: dict = {}
+
+    def __init__(self, cfg, **kwargs):
+        _RecordingTrainer.seen = {"cfg": cfg, **kwargs}
+
+    def fit(self):
+        if _RecordingTrainer.seen["cfg"].train.epochs == 13:
+            raise RuntimeError("the run failed")
+        return "the result"
+
+
+@pytest.fixture
+def recording_fit(monkeypatch):
+    from vqbench.training import run
+    shutdowns = []
+    monkeypatch.setattr(run, "Trainer", _RecordingTrainer)
+    monkeypatch.setattr(run.ddp, "shutdown", lambda: shutdowns.append(True))
+    return run.fit, shutdowns
+
+
+def test_fit_hands_the_trainer_its_arguments_and_resolves_only_what_is_unresolved(recording_fit):
+    from omegaconf import OmegaConf
+    fit_, shutdowns = recording_fit
+    data, log, on_epoch = object(), (lambda line: None), (lambda record: None)
+    resolved = resolve_config("vqvae", "cifar10-tiny")
+    assert fit_(resolved, data=data, log=log, on_epoch=on_epoch, resume=True) == "the result"
+    seen = _RecordingTrainer.seen
+    assert seen["cfg"] is resolved  # a resolved config is used as it is, not re-resolved
+    assert (seen["data"], seen["log"], seen["on_epoch"], seen["resume"]) == (data, log, on_epoch, True)
+    assert shutdowns == [True]
+
+    fit_({"quantizer": {"name": "fsq"}})  # a plain dict is resolved on the defaults
+    assert _RecordingTrainer.seen["cfg"].quantizer.name == "fsq"
+    assert "num_codes" in _RecordingTrainer.seen["cfg"].quantizer
+    assert (_RecordingTrainer.seen["data"], _RecordingTrainer.seen["resume"]) == (None, False)
+    # an unresolved DictConfig, with and without a quantizer section, is resolved too
+    fit_(OmegaConf.create({"quantizer": {"name": "sqvae"}}))
+    assert _RecordingTrainer.seen["cfg"].quantizer.name == "sqvae"
+    fit_(OmegaConf.create({"train": {"epochs": 2}}))
+    assert _RecordingTrainer.seen["cfg"].train.epochs == 2
+    assert _RecordingTrainer.seen["cfg"].quantizer.name == resolve_config().quantizer.name
+    fit_(None)
+    assert _RecordingTrainer.seen["cfg"] == resolve_config()
+    with pytest.raises(RuntimeError, match="the run failed"):  # the process group goes even so
+        fit_({"train": {"epochs": 13}})
+    assert shutdowns == [True] * 6
