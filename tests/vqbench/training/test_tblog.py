@@ -11,7 +11,9 @@ import pytest
 from tests.conftest import import_or_skip_unless_ci
 from tests.vqbench._tiny import TINY_RUN, listing, train_tiny
 from vqbench.cli import main
-from vqbench.training.tblog import tag
+from omegaconf import OmegaConf
+
+from vqbench.training.tblog import TensorBoardLog, tag, tensorboard_log
 
 
 def test_scalars_and_images_in_the_run_folder(tmp_path):
@@ -44,7 +46,7 @@ def test_without_the_package_one_line_before_anything_runs(tmp_path, capsys, mon
             "train.log=tensorboard", *TINY_RUN]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "pip install 'vqbench[tensorboard]'" in err
+    assert err.count("\n") == 1 and err.endswith("): pip install 'vqbench[tensorboard]'\n")
     assert listing(tmp_path) == set()  # no run folder
 
 
@@ -53,3 +55,40 @@ def test_bad_log_settings_are_one_line(tmp_path, capsys):
                          ("train.log_images_every=0", "train.log_images_every must be ≥ 1")):
         assert main(["run", "-q", "vqvae", "-d", "cifar10-tiny", "--out", str(tmp_path), bad]) == 2
         assert message in capsys.readouterr().err
+
+
+class _Writer:
+    def __init__(self):
+        self.scalars, self.closed, self.flushed = [], 0, 0
+
+    def add_scalar(self, name, value, step):
+        self.scalars.append((name, value, step))
+
+    def flush(self):
+        self.flushed += 1
+
+    def close(self):
+        self.closed += 1
+
+
+def test_an_epoch_logs_its_numbers_only_and_the_logger_closes_once():
+    class Trainer:  # the two attributes epoch() reads before a grid is due
+        history = [{"epoch": 1, "step": 5, "mse": 0.5, "codes_used": 3, "finished": True, "quantizer": "vqvae"}]
+        epoch, epochs = 1, 2
+    log = TensorBoardLog(True, images_every=100)
+    log.writer = writer = _Writer()
+    log.epoch(Trainer())
+    # epoch and step are the axis, not scalars; a bool and a string are not numbers to plot
+    assert writer.scalars == [("test/mse", 0.5, 5), ("test/codes_used", 3, 5)]
+    assert (writer.flushed, writer.closed) == (1, 0)
+    log.close()
+    log.close()  # a second close (as __del__ does after the last epoch) is a no-op
+    assert writer.closed == 1 and log.writer is None
+
+
+def test_only_the_main_rank_with_train_log_tensorboard_writes():
+    import_or_skip_unless_ci("tensorboard", "pip install -e '.[test]'")
+    cfg = lambda log: OmegaConf.create({"train": {"log": log, "log_images_every": 3}})  # noqa: E731
+    assert [tensorboard_log(cfg(log), is_main).enabled for log, is_main in
+            (("tensorboard", True), ("tensorboard", False), ("none", True), ("none", False))] == [True, False, False, False]
+    assert tensorboard_log(cfg("none"), True).images_every == 3
