@@ -38,3 +38,12 @@ def test_versus_must_be_one_of_the_table():
     check_versus("gmvq", ["vqvae", "gmvq"])
     with pytest.raises(UserError, match="did you mean 'gmvq'"):
         check_versus("gmvqq", ["vqvae", "gmvq"])
+
+
+def test_a_side_without_spread_is_tested_without_a_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy's "Precision loss occurred" would raise here
+        cmp = compare(pd.Series([1024.0, 1024.0, 1024.0]), pd.Series([100.0, 150.0, 120.0]))
+    assert cmp.diff == pytest.approx(1024 - 370 / 3) and cmp.p is not None and cmp.p < 0.05
