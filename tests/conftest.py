@@ -153,3 +153,42 @@ def fake_summary(cfg, mse=0.004, perplexity=100.0, epochs=100, steps=19500, trai
             "codes_used": 500, "num_codes": cfg.quantizer.num_codes, "train_images": train, "test_images": test,
             "images_per_s": 1000.0, "wall_s": 1.0, "device_name": "cpu", "torch": "x", "vqbench": "0.1.0",
             "run_dir": "nowhere"}
+
+
+def threaded_ranks(world: int, body) -> dict:
+    """``body(rank)`` on ``world`` ranks in threads of this process, under torch's test-only
+    threaded backend (a ProcessLocalGroup per thread, real reductions between them)."""
+    import threading
+
+    import torch.distributed as dist
+    from torch.testing._internal.distributed import multi_threaded_pg
+    import torch.distributed.nn.functional  # noqa: F401 -- imported before the threads: its
+    # default `group=group.WORLD` is bound at import, and inside a thread it would bind that
+    # thread's group for every rank
+
+    c10d = torch._C._distributed_c10d
+    c10d._set_thread_isolation_mode(True)
+    multi_threaded_pg._install_threaded_pg()
+    store, got, errors = dist.HashStore(), {}, []
+
+    def rank_thread(rank: int) -> None:
+        try:
+            dist.init_process_group("threaded", rank=rank, world_size=world, store=store)
+            got[rank] = body(rank)
+            dist.destroy_process_group()
+        except BaseException as exc:  # noqa: BLE001 -- reported by the test thread below
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=rank_thread, args=(r,), daemon=True) for r in range(world)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        multi_threaded_pg._uninstall_threaded_pg()
+        c10d._set_thread_isolation_mode(False)
+    assert not errors, errors
+    assert not any(t.is_alive() for t in threads), "a threaded rank hung"
+    assert not dist.is_initialized()
+    return got

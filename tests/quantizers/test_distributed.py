@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from quantizers import distributed as Fd
+from tests.conftest import threaded_ranks
 
 
 @torch.no_grad()
@@ -97,48 +97,12 @@ def test_two_gloo_ranks_get_the_known_answers():
     _check(got)
 
 
-def _threaded_ranks(world: int, body) -> dict:
-    """``body(rank)`` on ``world`` ranks in threads of this process, under torch's test-only
-    threaded backend (a ProcessLocalGroup per thread, real reductions between them)."""
-    from torch.testing._internal.distributed import multi_threaded_pg
-    import torch.distributed.nn.functional  # noqa: F401 -- imported before the threads: its
-    # default `group=group.WORLD` is bound at import, and inside a thread it would bind that
-    # thread's group for every rank
-
-    c10d = torch._C._distributed_c10d
-    c10d._set_thread_isolation_mode(True)
-    multi_threaded_pg._install_threaded_pg()
-    store, got, errors = dist.HashStore(), {}, []
-
-    def rank_thread(rank: int) -> None:
-        try:
-            dist.init_process_group("threaded", rank=rank, world_size=world, store=store)
-            got[rank] = body(rank)
-            dist.destroy_process_group()
-        except BaseException as exc:  # noqa: BLE001 -- reported by the test thread below
-            errors.append(exc)
-
-    try:
-        threads = [threading.Thread(target=rank_thread, args=(r,), daemon=True) for r in range(world)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
-    finally:
-        multi_threaded_pg._uninstall_threaded_pg()
-        c10d._set_thread_isolation_mode(False)
-    assert not errors, errors
-    assert not any(t.is_alive() for t in threads), "a threaded rank hung"
-    assert not dist.is_initialized()
-    return got
-
-
 def test_two_threaded_ranks_get_the_known_answers():
-    _check(_threaded_ranks(2, _exercise))
+    _check(threaded_ranks(2, _exercise))
 
 
 def test_a_group_of_one_rank_is_not_distributed():
-    got = _threaded_ranks(1, lambda rank: (Fd.is_distributed(), Fd.world_size()))
+    got = threaded_ranks(1, lambda rank: (Fd.is_distributed(), Fd.world_size()))
     assert got == {0: (False, 1)}
 
 
