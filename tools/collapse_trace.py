@@ -26,9 +26,11 @@ import sys
 import tempfile
 
 import torch
+from einops import rearrange
+from omegaconf import DictConfig
 
-from vqbench import resolve_config
-from vqbench.registry import registry_document
+from vqbench.errors import OneLineParser, UserError, print_error
+from vqbench.results.suite import plan_suite
 from vqbench.training.trainer import Trainer
 
 
@@ -36,9 +38,9 @@ class StopTrace(Exception):
     """Raised from the hook once enough steps are traced."""
 
 
-def trace(quantizer: str, overrides: list[str], steps: int, every: int, out: str) -> list[dict]:
+def trace(cfg: DictConfig, steps: int, every: int) -> list[dict]:
     """The records of one run's first ``steps`` optimiser steps."""
-    cfg = resolve_config(quantizer, "npz", None, [*overrides, f"out={out}", "results=null"])
+    quantizer = cfg.quantizer.name
     trainer = Trainer(cfg, log=lambda line: None)
     q = trainer.model.quantizer
     state: dict = {"step": 0, "window": torch.zeros(q.num_codes, dtype=torch.bool)}
@@ -48,14 +50,13 @@ def trace(quantizer: str, overrides: list[str], steps: int, every: int, out: str
         if not module.training:
             return
         state["step"] += 1
-        z = inputs[0].detach().float()
-        z = z.movedim(1, -1).reshape(-1, q.dim) if z.shape[-1] != q.dim else z.reshape(-1, q.dim)
+        z = inputs[0].detach().float()  # (B, D, H, W) or (N, D), the Quantizer contract's layouts
+        z = rearrange(z, "b d h w -> (b h w) d") if z.dim() == 4 else z
         codebook = q.codebook.detach().float()
         if "init" not in state:
             state["init"], state["mean0"] = codebook.clone(), z.mean(0)
         idx = output.indices.reshape(-1)
-        used = torch.zeros(q.num_codes, dtype=torch.bool)
-        used[idx.unique()] = True
+        used = torch.bincount(idx, minlength=q.num_codes) > 0
         state["window"] |= used
         if state["step"] % every == 0 or state["step"] == 1:
             window = state["window"]
@@ -85,21 +86,31 @@ def trace(quantizer: str, overrides: list[str], steps: int, every: int, out: str
     return records
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="collapse_trace", description=__doc__.splitlines()[0])
     parser.add_argument("quantizers", nargs="+")
     parser.add_argument("--suite", default="table1-cifar10-cpu", help="the recipe (its overrides and tuned values)")
-    parser.add_argument("--steps", type=int, default=190)
-    parser.add_argument("--every", type=int, default=10)
+    parser.add_argument("--steps", type=_positive, default=190)
+    parser.add_argument("--every", type=_positive, default=10)
     parser.add_argument("--out", default=None, help="run folders (default: a temporary folder)")
     parser.add_argument("--json", default=None, help="also write the records here, one per line")
     args = parser.parse_args(argv)
-    suite = registry_document()["suites"][args.suite]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.quantizers:
-            overrides = [*suite["overrides"], *suite.get("tuned", {}).get(name, [])]
-            rows += trace(name, overrides, args.steps, args.every, args.out or tmp)
+        storage = [f"out={args.out or tmp}", "results=null"]
+        try:  # the suite's own runs (recipe, tuned values), seed 0, checked before anything trains
+            runs = [run for name in args.quantizers for run in plan_suite(args.suite, storage, [0], [name])]
+        except UserError as exc:
+            print_error(str(exc), "collapse_trace")
+            return 2
+        for run in runs:
+            rows += trace(run.config, args.steps, args.every)
     if args.json:
         with open(args.json, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)

@@ -3,9 +3,11 @@
 torchrun-style processes), and the single-process paths, where every method is the identity."""
 from __future__ import annotations
 
+import os
 import pickle
 import sys
 import time
+from datetime import timedelta
 
 import pytest
 import torch
@@ -172,10 +174,7 @@ def test_prepare_model_wraps_with_these_ddp_options(monkeypatch):
 
     class Recorder:
         def __init__(self, model, **kwargs):
-            made[threading_rank()] = kwargs
-
-    def threading_rank():
-        return torch.distributed.get_rank()
+            made[torch.distributed.get_rank()] = kwargs
     monkeypatch.setattr(ddp, "_DDP", Recorder)
     no_sync = "forward_sync_buffers" if "forward_sync_buffers" in ddp._DDP_PARAMS else "broadcast_buffers"
 
@@ -226,12 +225,10 @@ def test_setup_from_torchrun_s_environment(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("VQBENCH_DIST_TIMEOUT_S", "12.5")
     monkeypatch.delenv("VQBENCH_NO_PROGRESS", raising=False)
-    from datetime import timedelta
-
     ctx = ddp.setup(torch.device("cpu"))
     assert (ctx.rank, ctx.world_size, ctx.device) == (1, 2, torch.device("cpu"))
     assert calls == [("gloo", timedelta(seconds=12.5))]
-    assert __import__("os").environ["VQBENCH_NO_PROGRESS"] == "1"  # one progress bar, rank 0's
+    assert os.environ["VQBENCH_NO_PROGRESS"] == "1"  # one progress bar, rank 0's
     ddp.shutdown()
     ddp.shutdown()  # owned once: destroyed once
     assert calls[1:] == ["destroyed"]

@@ -7,12 +7,11 @@ import json
 import sys
 
 import pytest
+from omegaconf import OmegaConf
 
 from tests.conftest import import_or_skip_unless_ci
 from tests.vqbench._tiny import TINY_RUN, listing, train_tiny
 from vqbench.cli import main
-from omegaconf import OmegaConf
-
 from vqbench.training.tblog import TensorBoardLog, tag, tensorboard_log
 
 
