@@ -21,7 +21,6 @@ not a gate. Needs ``pip install -e '.[mutation]'``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -31,6 +30,10 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from a checkout: vqbench's one-line errors
+
+from vqbench.errors import OneLineParser  # noqa: E402
+
 COPIED = ["quantizers", "vqbench", "tests", "registry.yaml", "sweeps", "pyproject.toml", "examples", "docs", "benchmarks"]
 # the console script, not `python -m mutmut` (mutmut warns that -m re-executes its __main__)
 MUTMUT = [shutil.which("mutmut", path=str(Path(sys.executable).parent)) or "mutmut"]
@@ -105,7 +108,7 @@ def summarise(work: Path, env: dict, show: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="mutate", description=__doc__.splitlines()[0])
     parser.add_argument("module", type=Path)
     parser.add_argument("tests", nargs="*")
     parser.add_argument("--jobs", type=int, default=2, help="forked mutant workers (default 2)")
@@ -115,7 +118,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="run only the last run's survivors again (with the tests as they are now); "
                              "the score counts the earlier run's killed mutants as killed")
     args = parser.parse_args(argv)
+    if args.module.suffix != ".py" or not args.module.is_file():
+        parser.error(f"module {str(args.module)!r} is not a Python file; name one, e.g. quantizers/gmvq.py")
     module = Path(os.path.relpath(Path(args.module).resolve(), REPO))
+    if module.parts[0] not in ("quantizers", "vqbench"):
+        parser.error(f"module {str(args.module)!r} is outside quantizers/ and vqbench/, which are what it mutates")
     tests = args.tests or default_tests(module)
     if not tests and not args.summary:  # --summary reads the last run; it runs no tests
         parser.error(f"no tests/{module.parent}/test_{module.stem}*.py; name the tests to run")
