@@ -124,6 +124,11 @@ def build_table1(results: pd.DataFrame, suite: str | None = None,
     with ``versus``, each method's difference from that one, marked when within noise."""
     metrics = check_metrics(metrics)
     methods = table1_methods()
+    if suite is not None:  # a suite of a few Table 1 methods (an ablation) shows those rows, in Table 1's order
+        from .suite import suite_hashes, suite_spec
+
+        in_suite = set(suite_spec(suite)["quantizers"])
+        methods = [(n, label) for n, label in methods if n in in_suite]
     names = {n for n, _ in methods}
     check_versus(versus, [n for n, _ in methods])
     chosen: dict[str, pd.DataFrame] = {}
@@ -133,8 +138,6 @@ def build_table1(results: pd.DataFrame, suite: str | None = None,
     if "paper_dataset" not in results:
         results = results.assign(paper_dataset=None)
     if suite is not None:
-        from .suite import suite_hashes
-
         results = results[results["config_hash"].isin(suite_hashes(suite, extra_seeds=results_seeds(results)))]
     for dataset in COLUMNS:
         rows = results[results["paper_dataset"] == dataset]

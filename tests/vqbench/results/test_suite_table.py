@@ -49,3 +49,13 @@ def test_table1_layout_stays_for_table1_suites_and_gains_versus(tmp_path):
     assert frame.loc["vqvae", "CIFAR10 code ppl"] == "50.0 ±0.0 (n=2)"  # code_perplexity is a default column
     assert "Welch" in table.title()
     assert build_suite_table(results, "table1-cifar10-short", ("mse",)).frame["quantizer"].iloc[0] == "vqvae"
+
+
+def test_a_suite_of_a_few_table1_methods_shows_only_those_rows(tmp_path):
+    for run in plan_suite("schedule-cifar10-cpu-8ep"):
+        append_row(tmp_path, run.config, fake_summary(run.config, mse=0.004, epochs=8, steps=1560, train=50000,
+                                                      test=10000))
+    table = build_table(load_results(tmp_path), suite="schedule-cifar10-cpu-8ep", versus="gmvq")
+    assert type(table) is type(build_table1(load_results(tmp_path)))
+    assert list(table.frame["quantizer"]) == ["vqvae-l2-replace", "gmvq"]  # Table 1's order, no "no run" rows
+    assert table.frame.set_index("quantizer").loc["gmvq", "CIFAR10 MSE"] == "4.00"
