@@ -20,7 +20,6 @@ every few steps, from the quantizer's own training forwards:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import torch
 from einops import rearrange
 from omegaconf import DictConfig
 
-from vqbench.errors import OneLineParser, UserError, print_error
+from vqbench.errors import OneLineParser, UserError, positive_int, print_error
 from vqbench.results.suite import plan_suite
 from vqbench.training.trainer import Trainer
 
@@ -86,18 +85,12 @@ def trace(cfg: DictConfig, steps: int, every: int) -> list[dict]:
     return records
 
 
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return int(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="collapse_trace", description=__doc__.splitlines()[0])
     parser.add_argument("quantizers", nargs="+")
     parser.add_argument("--suite", default="table1-cifar10-cpu", help="the recipe (its overrides and tuned values)")
-    parser.add_argument("--steps", type=_positive, default=190)
-    parser.add_argument("--every", type=_positive, default=10)
+    parser.add_argument("--steps", type=positive_int, default=190)
+    parser.add_argument("--every", type=positive_int, default=10)
     parser.add_argument("--out", default=None, help="run folders (default: a temporary folder)")
     parser.add_argument("--json", default=None, help="also write the records here, one per line")
     args = parser.parse_args(argv)

@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))  # run as a script from a checkout: vqbench's one-
 
 from vqbench.errors import OneLineParser  # noqa: E402
 
+MUTATED = ("quantizers", "vqbench")  # the packages mutmut may mutate (its source_paths)
 COPIED = ["quantizers", "vqbench", "tests", "registry.yaml", "sweeps", "pyproject.toml", "examples", "docs", "benchmarks"]
 # the console script, not `python -m mutmut` (mutmut warns that -m re-executes its __main__)
 MUTMUT = [shutil.which("mutmut", path=str(Path(sys.executable).parent)) or "mutmut"]
@@ -59,7 +60,7 @@ def prepare(work: Path, module: Path, tests: list[str]) -> None:
             shutil.copy2(src, dst)
     section = "\n".join([
         "", "[tool.mutmut]",
-        'source_paths = ["quantizers", "vqbench"]',
+        f"source_paths = {json.dumps(list(MUTATED))}",
         f'only_mutate = ["{module.as_posix()}"]',
         'also_copy = ["registry.yaml", "sweeps", "examples", "docs", "benchmarks"]',
         f"pytest_add_cli_args_test_selection = {tests!r}".replace("'", '"'),
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.module.suffix != ".py" or not args.module.is_file():
         parser.error(f"module {str(args.module)!r} is not a Python file; name one, e.g. quantizers/gmvq.py")
     module = Path(os.path.relpath(Path(args.module).resolve(), REPO))
-    if module.parts[0] not in ("quantizers", "vqbench"):
+    if module.parts[0] not in MUTATED:
         parser.error(f"module {str(args.module)!r} is outside quantizers/ and vqbench/, which are what it mutates")
     tests = args.tests or default_tests(module)
     if not tests and not args.summary:  # --summary reads the last run; it runs no tests

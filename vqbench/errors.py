@@ -74,6 +74,13 @@ def one_line_warning(message, category, filename, lineno, file=None, line=None) 
     return f"vqbench: warning: {one_line(message)}\n"
 
 
+def positive_int(text: str) -> int:
+    """An argparse ``type``: a whole number >= 1 (a count of steps, workers, ...)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a usage mistake as one line (exit 2), not usage + message."""
 
