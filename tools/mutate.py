@@ -32,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from a checkout: vqbench's one-line errors
 
-from vqbench.errors import OneLineParser  # noqa: E402
+from vqbench.errors import OneLineParser, positive_int  # noqa: E402
 
 MUTATED = ("quantizers", "vqbench")  # the packages mutmut may mutate (its source_paths)
 COPIED = ["quantizers", "vqbench", "tests", "registry.yaml", "sweeps", "pyproject.toml", "examples", "docs", "benchmarks"]
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(prog="mutate", description=__doc__.splitlines()[0])
     parser.add_argument("module", type=Path)
     parser.add_argument("tests", nargs="*")
-    parser.add_argument("--jobs", type=int, default=2, help="forked mutant workers (default 2)")
+    parser.add_argument("--jobs", type=positive_int, default=2, help="forked mutant workers (default 2)")
     parser.add_argument("--show", action="store_true", help="print every survivor's diff")
     parser.add_argument("--summary", action="store_true", help="only print the last run's results")
     parser.add_argument("--survivors", action="store_true",

@@ -15,7 +15,8 @@ _spec.loader.exec_module(mutate)
     (["quantizers/nosuch.py"], "module 'quantizers/nosuch.py' is not a Python file; name one, e.g. quantizers/gmvq.py"),
     (["registry.yaml"], "module 'registry.yaml' is not a Python file"),
     (["tools/collapse_trace.py"], "module 'tools/collapse_trace.py' is outside quantizers/ and vqbench/"),
-    (["quantizers/gmvq.py", "--jobs", "two"], "argument --jobs: invalid int value: 'two'"),
+    (["quantizers/gmvq.py", "--jobs", "two"], "argument --jobs: must be a whole number >= 1, got 'two'"),
+    (["quantizers/gmvq.py", "--jobs", "0"], "argument --jobs: must be a whole number >= 1, got '0'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, line, capsys, monkeypatch):
     monkeypatch.chdir(Path(__file__).parents[2])
